@@ -1,0 +1,54 @@
+//! Shared helpers of the golden tests: the test backend, fixture paths, tensor comparison.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use burn::tensor::TensorData;
+
+/// The CPU backend every test runs on.
+pub type TestBackend = burn::backend::Flex;
+
+/// The device of [`TestBackend`].
+pub fn device() -> burn::tensor::Device<TestBackend> {
+    Default::default()
+}
+
+/// `tests/fixtures/` at the workspace root (made by `scripts/gen_fixtures.py`).
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// Reads a golden tensor file.
+pub fn golden(name: &str) -> BTreeMap<String, TensorData> {
+    let path = fixtures().join("golden").join(name);
+    cm_models::safetensors_io::read_tensors(&path)
+        .unwrap_or_else(|e| panic!("cannot read fixture: {e}"))
+}
+
+/// `||ours - reference|| / ||reference||` over all elements, in f64.
+pub fn relative_error(ours: &TensorData, reference: &TensorData) -> f64 {
+    assert_eq!(ours.shape, reference.shape, "shapes differ");
+    let a = ours.clone().convert::<f64>().to_vec::<f64>().unwrap();
+    let b = reference.clone().convert::<f64>().to_vec::<f64>().unwrap();
+    let diff: f64 = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let norm: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+    assert!(
+        norm > 0.0,
+        "reference is all zeros: the golden value cannot detect anything"
+    );
+    diff / norm
+}
+
+/// A fresh, empty folder under the system temp dir for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cm-models-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

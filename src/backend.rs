@@ -1,0 +1,57 @@
+//! The backend the example binaries run on, chosen by Cargo feature.
+//!
+//! - default: `Flex`, Burn's CPU backend (multi-threaded with rayon, SIMD kernels);
+//! - `--features cuda`: Burn's CUDA backend (kernels compiled at run time by NVRTC; the CUDA driver
+//!   is loaded when the first operation runs).
+//!
+//! Libraries never name a backend: they are generic over `B: Backend` / `B: AutodiffBackend`.
+
+/// The inference backend of the binaries.
+#[cfg(not(feature = "cuda"))]
+pub type Backend = burn::backend::Flex;
+/// The inference backend of the binaries.
+#[cfg(feature = "cuda")]
+pub type Backend = burn::backend::Cuda;
+
+/// The training backend of the binaries (reverse-mode autodiff over [`Backend`]).
+pub type AutodiffBackend = burn::backend::Autodiff<Backend>;
+
+/// The device type of [`Backend`].
+pub type Device = burn::tensor::Device<Backend>;
+
+/// The default device: the CPU, or CUDA GPU 0.
+pub fn device() -> Device {
+    Device::default()
+}
+
+/// A one-line description of the compiled backend, for logs.
+pub fn describe() -> &'static str {
+    if cfg!(feature = "cuda") {
+        "CUDA (burn-cuda, GPU 0)"
+    } else {
+        "CPU (burn-flex)"
+    }
+}
+
+/// Runs `f`, turning the panic that Burn's CUDA backend raises when no driver can be loaded into
+/// an error that tells the user what to do.
+pub fn guard_device<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            if message.contains("cuda") || message.contains("CUDA") {
+                anyhow::bail!(
+                    "the CUDA backend could not start ({message}). This binary was built with \
+                     `--features cuda`: run it on a machine with an NVIDIA driver, or rebuild without \
+                     the feature to use the CPU"
+                )
+            }
+            anyhow::bail!("internal error: {message}")
+        }
+    }
+}
