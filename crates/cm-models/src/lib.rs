@@ -1,6 +1,8 @@
 //! Stable Diffusion 1.5 components in Burn, numerically equal to diffusers / transformers.
 //!
 //! - [`clip`]: the CLIP BPE tokenizer and the `CLIPTextModel` text encoder.
+//! - [`unet`]: `UNet2DConditionModel`; [`vae`]: `AutoencoderKL`; [`nn`]: their shared blocks.
+//! - [`pipeline`]: a whole diffusers Stable Diffusion folder; [`image_io`]: PNG output.
 //! - [`weights`]: safetensors loading with key remapping, dtype casts and a load report.
 //! - [`config_json`]: typed configs read from diffusers / transformers `config.json` files.
 //!
@@ -9,7 +11,12 @@
 pub mod clip;
 pub mod config_json;
 pub mod error;
+pub mod image_io;
+pub mod nn;
+pub mod pipeline;
 pub mod safetensors_io;
+pub mod unet;
+pub mod vae;
 pub mod weights;
 
 pub use error::{ModelError, Result};

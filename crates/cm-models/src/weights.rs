@@ -150,8 +150,48 @@ impl ModuleAdapter for CastFloatsAdapter {
     }
 }
 
+/// Reshapes 1x1-convolution weights `[out, in, 1, 1]` aimed at a `Linear` to `[out, in]` (old
+/// checkpoints store attention projections as 1x1 convolutions). Runs before the PyTorch adapter,
+/// which then transposes them like any Linear weight.
+#[derive(Debug, Clone, Default)]
+pub struct Conv1x1ToLinearAdapter;
+
+impl ModuleAdapter for Conv1x1ToLinearAdapter {
+    fn adapt(&self, snapshot: &TensorSnapshot) -> TensorSnapshot {
+        let dims = snapshot.shape.to_vec();
+        let is_linear_weight = snapshot.container_type() == "Struct:Linear"
+            && snapshot
+                .path_stack
+                .as_ref()
+                .and_then(|p| p.last())
+                .is_some_and(|n| n == "weight");
+        if !is_linear_weight || dims.len() != 4 || dims[2] != 1 || dims[3] != 1 {
+            return snapshot.clone();
+        }
+        let read = snapshot.clone_data_fn();
+        let shape = [dims[0], dims[1]];
+        TensorSnapshot::from_closure(
+            Rc::new(move || {
+                let mut data = read()?;
+                data.shape = shape.into();
+                Ok(data)
+            }),
+            snapshot.dtype,
+            shape.into(),
+            snapshot.path_stack.clone().unwrap_or_default(),
+            snapshot.container_stack.clone().unwrap_or_default(),
+            snapshot.tensor_id.unwrap_or_default(),
+        )
+    }
+
+    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
+        Box::new(self.clone())
+    }
+}
+
 /// One parameter of a module as seen before loading: its shape in Burn and in PyTorch layout.
 struct ParamInfo {
+    is_linear_weight: bool,
     burn_shape: Vec<usize>,
     torch_shape: Vec<usize>,
     torch_key: String,
@@ -162,7 +202,8 @@ fn parameter_table<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
     module: &M,
 ) -> BTreeMap<String, ParamInfo> {
     let mut table = BTreeMap::new();
-    for snapshot in module.collect(None, None, false) {
+    // Enum variant names (e.g. `FeedForwardLayer::Linear`) are not part of checkpoint keys.
+    for snapshot in module.collect(None, None, true) {
         let path = snapshot.full_path();
         let container = snapshot.container_type();
         let burn_shape = snapshot.shape.to_vec();
@@ -183,6 +224,7 @@ fn parameter_table<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
         table.insert(
             path,
             ParamInfo {
+                is_linear_weight,
                 burn_shape,
                 torch_shape,
                 torch_key,
@@ -271,7 +313,11 @@ where
         match file.get(&info.torch_key) {
             Some((original_key, shape, _)) => {
                 taken.insert(info.torch_key.clone());
-                if *shape != info.torch_shape {
+                let conv_1x1_for_linear = info.is_linear_weight
+                    && shape.len() == 4
+                    && shape[2..] == [1, 1]
+                    && shape[..2] == info.torch_shape[..];
+                if *shape != info.torch_shape && !conv_1x1_for_linear {
                     errors.push(ModelError::ShapeMismatch {
                         path: path.to_path_buf(),
                         key: original_key.clone(),
@@ -325,9 +371,14 @@ where
 
     // 3. Apply through burn-store (transpose Linear, rename norm params, cast floats).
     let mut store = SafetensorsStore::from_file(path)
-        .with_from_adapter(PyTorchToBurnAdapter.chain(CastFloatsAdapter::new(options.dtype)))
+        .with_from_adapter(
+            Conv1x1ToLinearAdapter
+                .chain(PyTorchToBurnAdapter)
+                .chain(CastFloatsAdapter::new(options.dtype)),
+        )
         .validate(false)
-        .allow_partial(true);
+        .allow_partial(true)
+        .skip_enum_variants(true);
     for (from, to) in &options.remap {
         store = store.with_key_remapping(from, to.clone());
     }

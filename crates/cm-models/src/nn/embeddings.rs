@@ -1,0 +1,98 @@
+//! Timestep embeddings (diffusers `models/embeddings.py`): the sinusoidal `Timesteps` projection
+//! (`get_timestep_embedding`) and the `TimestepEmbedding` MLP with its optional `cond_proj` (the
+//! guidance-scale input of LCM-style students, `time_cond_proj_dim`).
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::silu;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+/// Sinusoidal embedding of (possibly fractional) timesteps, equal to diffusers'
+/// `get_timestep_embedding(t, dim, flip_sin_to_cos, downscale_freq_shift, scale=1, max_period=1e4)`.
+///
+/// `freq_i = exp(-ln(10000) * i / (dim/2 - downscale_freq_shift))`, output `[sin(t freq), cos(t freq)]`
+/// (or `[cos, sin]` with `flip_sin_to_cos`), zero-padded when `dim` is odd.
+///
+/// # Shapes
+/// `timesteps`: `[batch]` -> `[batch, dim]`.
+pub fn timestep_embedding<B: Backend>(
+    timesteps: Tensor<B, 1>,
+    dim: usize,
+    flip_sin_to_cos: bool,
+    downscale_freq_shift: f64,
+) -> Tensor<B, 2> {
+    let device = timesteps.device();
+    let [batch] = timesteps.dims();
+    let half = dim / 2;
+    // Frequencies computed in f64 then stored as f32, as torch computes them in f32 from arange.
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| {
+            let exponent =
+                -(10000f32.ln()) * i as f32 / (half as f32 - downscale_freq_shift as f32);
+            exponent.exp()
+        })
+        .collect();
+    let freqs = Tensor::<B, 1>::from_floats(freqs.as_slice(), &device).reshape([1, half]);
+    let args = timesteps.reshape([batch, 1]) * freqs;
+    let (sin, cos) = (args.clone().sin(), args.cos());
+    let emb = if flip_sin_to_cos {
+        Tensor::cat(vec![cos, sin], 1)
+    } else {
+        Tensor::cat(vec![sin, cos], 1)
+    };
+    if dim % 2 == 1 {
+        Tensor::cat(vec![emb, Tensor::zeros([batch, 1], &device)], 1)
+    } else {
+        emb
+    }
+}
+
+/// Hyper-parameters of a [`TimestepEmbedding`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimestepEmbeddingConfig {
+    /// Width of the sinusoidal input.
+    pub in_channels: usize,
+    /// Width of the embedding (`4 * block_out_channels[0]`).
+    pub time_embed_dim: usize,
+    /// Width of the extra condition (`time_cond_proj_dim`), if any.
+    pub cond_proj_dim: Option<usize>,
+}
+
+/// `TimestepEmbedding`: `linear_2(SiLU(linear_1(t + cond_proj(cond))))`.
+#[derive(Module, Debug)]
+pub struct TimestepEmbedding<B: Backend> {
+    /// Bias-free projection of the condition (guidance embedding) added to the input.
+    pub cond_proj: Option<Linear<B>>,
+    /// First layer.
+    pub linear_1: Linear<B>,
+    /// Second layer.
+    pub linear_2: Linear<B>,
+}
+
+impl TimestepEmbeddingConfig {
+    /// Builds the module.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> TimestepEmbedding<B> {
+        TimestepEmbedding {
+            cond_proj: self.cond_proj_dim.map(|d| {
+                LinearConfig::new(d, self.in_channels)
+                    .with_bias(false)
+                    .init(device)
+            }),
+            linear_1: LinearConfig::new(self.in_channels, self.time_embed_dim).init(device),
+            linear_2: LinearConfig::new(self.time_embed_dim, self.time_embed_dim).init(device),
+        }
+    }
+}
+
+impl<B: Backend> TimestepEmbedding<B> {
+    /// # Shapes
+    /// `sample`: `[batch, in_channels]`, `condition`: `[batch, cond_proj_dim]` -> `[batch, time_embed_dim]`.
+    pub fn forward(&self, sample: Tensor<B, 2>, condition: Option<Tensor<B, 2>>) -> Tensor<B, 2> {
+        let sample = match (&self.cond_proj, condition) {
+            (Some(proj), Some(cond)) => sample + proj.forward(cond),
+            _ => sample,
+        };
+        self.linear_2.forward(silu(self.linear_1.forward(sample)))
+    }
+}

@@ -1,0 +1,35 @@
+//! Building blocks shared by the UNet and the VAE, named as diffusers names them
+//! (`diffusers/models/{resnet,attention,attention_processor,embeddings,upsampling,downsampling}.py`,
+//! `transformers/transformer_2d.py`), so Burn parameter paths equal checkpoint keys.
+
+mod attention;
+mod embeddings;
+mod resnet;
+mod sampling;
+mod transformer_2d;
+
+pub use attention::{Attention, AttentionConfig};
+pub use embeddings::{timestep_embedding, TimestepEmbedding, TimestepEmbeddingConfig};
+pub use resnet::{ResnetBlock2D, ResnetBlock2DConfig};
+pub use sampling::{Downsample2D, Upsample2D};
+pub use transformer_2d::{
+    BasicTransformerBlock, FeedForward, FeedForwardLayer, Geglu, Projection, Transformer2DModel,
+    Transformer2DModelConfig,
+};
+
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::PaddingConfig2d;
+use burn::tensor::backend::Backend;
+
+/// A `k x k` convolution with stride 1 and "same" padding `k / 2` (diffusers' conv3x3 / conv1x1).
+pub fn conv2d<B: Backend>(
+    channels_in: usize,
+    channels_out: usize,
+    kernel: usize,
+    device: &B::Device,
+) -> Conv2d<B> {
+    let pad = kernel / 2;
+    Conv2dConfig::new([channels_in, channels_out], [kernel, kernel])
+        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+        .init(device)
+}

@@ -1,0 +1,282 @@
+//! A Stable Diffusion pipeline folder as diffusers writes it, loaded into Burn modules.
+//!
+//! Layout (diffusers `DiffusionPipeline.save_pretrained`): `model_index.json` naming each component's
+//! library and class, and one folder per component: `unet/`, `vae/` (`config.json` +
+//! `diffusion_pytorch_model[.fp16].safetensors`), `text_encoder/` (`config.json` +
+//! `model[.fp16].safetensors`), `tokenizer/` (`tokenizer.json`, or `vocab.json` + `merges.txt`),
+//! `scheduler/scheduler_config.json` (any scheduler class: its config is handed to
+//! `cm-schedulers`, which this crate does not depend on). Components a text-to-image pipeline does
+//! not need (`safety_checker`, `feature_extractor`, `image_encoder`) are listed in
+//! [`StableDiffusion::skipped_components`], never silently dropped.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
+
+use crate::clip::{ClipTextConfig, ClipTextModel, ClipTokenizer};
+use crate::config_json::JsonConfig;
+use crate::error::{ModelError, Result};
+use crate::unet::{UNet2DConditionModel, UNetConfig};
+use crate::vae::{AutoencoderKL, VaeConfig};
+use crate::weights::LoadReport;
+
+/// Which weight file of each component to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightVariant {
+    /// The fp32 file if present, else the `.fp16.` file.
+    #[default]
+    Auto,
+    /// `*.safetensors` (error if absent).
+    Full,
+    /// `*.fp16.safetensors` (error if absent).
+    Fp16,
+}
+
+/// How to load a pipeline folder.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PipelineLoadOptions {
+    /// Weight file variant.
+    pub variant: WeightVariant,
+    /// Dtype of the UNet parameters.
+    pub unet_dtype: DType,
+    /// Dtype of the VAE and text encoder parameters (frozen parts may be f16 / bf16).
+    pub frozen_dtype: DType,
+}
+
+impl Default for PipelineLoadOptions {
+    fn default() -> Self {
+        Self {
+            variant: WeightVariant::Auto,
+            unet_dtype: DType::F32,
+            frozen_dtype: DType::F32,
+        }
+    }
+}
+
+/// The components of a Stable Diffusion pipeline folder.
+#[derive(Debug)]
+pub struct StableDiffusion<B: Backend> {
+    /// The folder.
+    pub root: PathBuf,
+    /// Tokenizer.
+    pub tokenizer: ClipTokenizer,
+    /// Text encoder.
+    pub text_encoder: ClipTextModel<B>,
+    /// Text encoder config.
+    pub text_encoder_config: ClipTextConfig,
+    /// Denoiser.
+    pub unet: UNet2DConditionModel<B>,
+    /// Denoiser config.
+    pub unet_config: UNetConfig,
+    /// Autoencoder.
+    pub vae: AutoencoderKL<B>,
+    /// Autoencoder config.
+    pub vae_config: VaeConfig,
+    /// `scheduler/scheduler_config.json` as JSON (its `_class_name` says which scheduler).
+    pub scheduler_config: serde_json::Value,
+    /// One load report per weight file.
+    pub reports: Vec<LoadReport>,
+    /// Components of `model_index.json` that were not loaded, with their classes.
+    pub skipped_components: Vec<(String, String)>,
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| ModelError::ConfigParse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Parses `model_index.json` into component name -> (library, class); null entries are skipped.
+fn read_model_index(path: &Path) -> Result<BTreeMap<String, (String, String)>> {
+    let value = read_json(path)?;
+    let object = value.as_object().ok_or_else(|| ModelError::ConfigParse {
+        path: path.to_path_buf(),
+        message: "expected a JSON object".into(),
+    })?;
+    let mut components = BTreeMap::new();
+    for (name, entry) in object {
+        if name.starts_with('_') {
+            continue;
+        }
+        if let Some([library, class]) = entry.as_array().map(|a| a.as_slice()) {
+            if let (Some(library), Some(class)) = (library.as_str(), class.as_str()) {
+                components.insert(name.clone(), (library.to_string(), class.to_string()));
+            }
+        }
+    }
+    Ok(components)
+}
+
+/// Picks `<stem>.safetensors` or `<stem>.fp16.safetensors` in `dir`.
+fn weight_file(dir: &Path, stem: &str, variant: WeightVariant) -> Result<PathBuf> {
+    let full = dir.join(format!("{stem}.safetensors"));
+    let half = dir.join(format!("{stem}.fp16.safetensors"));
+    let candidates: &[&PathBuf] = match variant {
+        WeightVariant::Auto => &[&full, &half],
+        WeightVariant::Full => &[&full],
+        WeightVariant::Fp16 => &[&half],
+    };
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .map(|p| (*p).clone())
+        .ok_or_else(|| {
+            let names: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+            ModelError::io(
+                names.join(" or "),
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "weight file not found (only .safetensors is supported)",
+                ),
+            )
+        })
+}
+
+impl<B: Backend> StableDiffusion<B> {
+    /// Loads a diffusers Stable Diffusion folder.
+    pub fn load(
+        root: impl AsRef<Path>,
+        options: PipelineLoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let root = root.as_ref().to_path_buf();
+        // 1. model_index.json: check the component classes we are about to build.
+        let index = read_model_index(&root.join("model_index.json"))?;
+        let expect = |name: &str, classes: &[&str]| -> Result<()> {
+            match index.get(name) {
+                Some((_, class)) if classes.contains(&class.as_str()) => Ok(()),
+                Some((_, class)) => Err(ModelError::UnsupportedConfig {
+                    path: root.join("model_index.json"),
+                    key: name.to_string(),
+                    found: class.clone(),
+                    expected: classes.join(" or "),
+                }),
+                None => Err(ModelError::ConfigParse {
+                    path: root.join("model_index.json"),
+                    message: format!("no `{name}` component"),
+                }),
+            }
+        };
+        expect("unet", &["UNet2DConditionModel"])?;
+        expect("vae", &["AutoencoderKL"])?;
+        expect("text_encoder", &["CLIPTextModel"])?;
+        expect("tokenizer", &["CLIPTokenizer", "CLIPTokenizerFast"])?;
+        if !index.contains_key("scheduler") {
+            expect("scheduler", &[])?;
+        }
+        let used = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"];
+        let skipped_components = index
+            .iter()
+            .filter(|(name, _)| !used.contains(&name.as_str()))
+            .map(|(name, (_, class))| (name.clone(), class.clone()))
+            .collect();
+
+        // 2. Configs (validated) and weights, component by component.
+        let tokenizer = ClipTokenizer::from_folder(root.join("tokenizer"))?;
+        let te_dir = root.join("text_encoder");
+        let text_encoder_config = ClipTextConfig::from_json_file(te_dir.join("config.json"))?;
+        let (text_encoder, te_report) = text_encoder_config.init::<B>(device).load_safetensors(
+            weight_file(&te_dir, "model", options.variant)?,
+            options.frozen_dtype,
+        )?;
+        let unet_dir = root.join("unet");
+        let unet_config = UNetConfig::from_json_file(unet_dir.join("config.json"))?;
+        let (unet, unet_report) = unet_config.init::<B>(device).load_safetensors(
+            weight_file(&unet_dir, "diffusion_pytorch_model", options.variant)?,
+            options.unet_dtype,
+        )?;
+        let vae_dir = root.join("vae");
+        let vae_config = VaeConfig::from_json_file(vae_dir.join("config.json"))?;
+        let (vae, vae_report) = vae_config.init::<B>(device).load_safetensors(
+            weight_file(&vae_dir, "diffusion_pytorch_model", options.variant)?,
+            options.frozen_dtype,
+        )?;
+        let scheduler_config = read_json(&root.join("scheduler/scheduler_config.json"))?;
+
+        // 3. Cross-component consistency.
+        if unet_config.cross_attention_dim != text_encoder_config.hidden_size {
+            return Err(ModelError::UnsupportedConfig {
+                path: unet_dir.join("config.json"),
+                key: "cross_attention_dim".into(),
+                found: unet_config.cross_attention_dim.to_string(),
+                expected: format!(
+                    "the text encoder's hidden_size ({})",
+                    text_encoder_config.hidden_size
+                ),
+            });
+        }
+        if unet_config.in_channels != vae_config.latent_channels {
+            return Err(ModelError::UnsupportedConfig {
+                path: unet_dir.join("config.json"),
+                key: "in_channels".into(),
+                found: unet_config.in_channels.to_string(),
+                expected: format!("the VAE's latent_channels ({})", vae_config.latent_channels),
+            });
+        }
+        Ok(Self {
+            root,
+            tokenizer,
+            text_encoder,
+            text_encoder_config,
+            unet,
+            unet_config,
+            vae,
+            vae_config,
+            scheduler_config,
+            reports: vec![te_report, unet_report, vae_report],
+            skipped_components,
+        })
+    }
+
+    /// Text embeddings of prompts (`last_hidden_state`).
+    ///
+    /// # Shapes
+    /// Returns `[prompts.len(), 77, hidden]`.
+    pub fn encode_prompts(&self, prompts: &[&str], device: &B::Device) -> Result<Tensor<B, 3>> {
+        let ids = self.tokenizer.encode_batch::<B>(prompts, device)?;
+        Ok(self.text_encoder.forward(ids)?.last_hidden_state)
+    }
+
+    /// Conditional and unconditional embeddings for classifier-free guidance, batched through the
+    /// text encoder in one call: `(cond, uncond)`, each `[prompts.len(), 77, hidden]`. `negative`
+    /// has one entry per prompt, or is empty for `""`.
+    pub fn encode_prompts_with_negative(
+        &self,
+        prompts: &[&str],
+        negative: &[&str],
+        device: &B::Device,
+    ) -> Result<(Tensor<B, 3>, Tensor<B, 3>)> {
+        if !negative.is_empty() && negative.len() != prompts.len() {
+            return Err(ModelError::InvalidInput(format!(
+                "{} negative prompts for {} prompts; give one per prompt or none",
+                negative.len(),
+                prompts.len()
+            )));
+        }
+        let mut all: Vec<&str> = prompts.to_vec();
+        all.extend((0..prompts.len()).map(|i| negative.get(i).copied().unwrap_or("")));
+        let embeddings = self.encode_prompts(&all, device)?;
+        let n = prompts.len();
+        let [_, tokens, hidden] = embeddings.dims();
+        let cond = embeddings.clone().slice([0..n, 0..tokens, 0..hidden]);
+        let uncond = embeddings.slice([n..2 * n, 0..tokens, 0..hidden]);
+        Ok((cond, uncond))
+    }
+
+    /// Decodes UNet-space (scaled) latents to images in [0, 1].
+    ///
+    /// # Shapes
+    /// `[batch, 4, h, w]` -> `[batch, 3, h * f, w * f]`.
+    pub fn decode_latents(&self, latents: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.vae.decode_to_unit_range(latents)
+    }
+
+    /// Spatial factor between images and latents (8 for SD1.5).
+    pub fn vae_scale_factor(&self) -> usize {
+        self.vae_config.downsampling_factor()
+    }
+}

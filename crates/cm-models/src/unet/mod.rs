@@ -1,0 +1,11 @@
+//! `UNet2DConditionModel` as Stable Diffusion 1.5 uses it and as diffusers names it.
+
+mod blocks;
+mod config;
+mod loading;
+mod model;
+
+pub use blocks::{DownBlock, MidBlock, UpBlock};
+pub use config::{PerBlock, UNetConfig};
+pub use loading::unet_load_options;
+pub use model::UNet2DConditionModel;

@@ -1,0 +1,185 @@
+//! `UNet2DConditionModel` against diffusers on the tiny fixture UNets (golden tensors from
+//! `scripts/gen_fixtures.py`), presets against the published SD1.5 configs, and bad input.
+
+mod common;
+
+use burn::module::Module;
+use burn::tensor::{DType, Tensor, TensorData};
+use cm_models::config_json::JsonConfig;
+use cm_models::unet::{UNet2DConditionModel, UNetConfig};
+use cm_models::ModelError;
+use common::{device, fixtures, golden, relative_error, TestBackend};
+
+type B = TestBackend;
+
+fn tensor<const D: usize>(data: &TensorData) -> Tensor<B, D> {
+    Tensor::from_data(data.clone(), &device())
+}
+
+fn run(unet: &UNet2DConditionModel<B>, file: &str, with_cond: bool) -> (TensorData, TensorData) {
+    let g = golden(file);
+    let cond = with_cond.then(|| tensor::<2>(&g["timestep_cond"]));
+    let out = unet
+        .forward(
+            tensor(&g["sample"]),
+            tensor(&g["timestep"]),
+            tensor(&g["encoder_hidden_states"]),
+            cond,
+        )
+        .unwrap();
+    (out.into_data(), g["out"].clone())
+}
+
+#[test]
+fn tiny_unet_matches_diffusers() {
+    let (unet, report) = UNet2DConditionModel::<B>::from_folder(
+        fixtures().join("tiny-sd/unet"),
+        false,
+        DType::F32,
+        &device(),
+    )
+    .unwrap();
+    assert!(
+        report.unused.is_empty() && report.ignored.is_empty(),
+        "{report}"
+    );
+    let (ours, reference) = run(&unet, "unet.safetensors", false);
+    let error = relative_error(&ours, &reference);
+    assert!(error < 1e-4, "UNet rel. error {error}");
+}
+
+#[test]
+fn tiny_unet_with_guidance_condition_matches_diffusers() {
+    let dir = fixtures().join("tiny-unet-cond-proj");
+    let (unet, _) =
+        UNet2DConditionModel::<B>::from_folder(&dir, false, DType::F32, &device()).unwrap();
+    assert_eq!(unet.time_cond_proj_dim, 256);
+    let (ours, reference) = run(&unet, "unet_cond_proj.safetensors", true);
+    let error = relative_error(&ours, &reference);
+    assert!(error < 1e-4, "UNet (cond_proj) rel. error {error}");
+}
+
+#[test]
+fn fp16_unet_file_loads_into_f32_module() {
+    let (unet, report) = UNet2DConditionModel::<B>::from_folder(
+        fixtures().join("tiny-sd/unet"),
+        true,
+        DType::F32,
+        &device(),
+    )
+    .unwrap();
+    assert!(report.file_dtypes.contains_key("F16"), "{report}");
+    assert_eq!(unet.conv_in.weight.val().dtype(), DType::F32);
+    let (ours, reference) = run(&unet, "unet.safetensors", false);
+    let error = relative_error(&ours, &reference);
+    assert!(error < 2e-2, "fp16-weight UNet rel. error {error}");
+}
+
+#[test]
+fn missing_or_unexpected_guidance_condition_is_an_error() {
+    let (unet, _) = UNet2DConditionModel::<B>::from_folder(
+        fixtures().join("tiny-unet-cond-proj"),
+        false,
+        DType::F32,
+        &device(),
+    )
+    .unwrap();
+    let g = golden("unet_cond_proj.safetensors");
+    let err = unet
+        .forward(
+            tensor(&g["sample"]),
+            tensor(&g["timestep"]),
+            tensor(&g["encoder_hidden_states"]),
+            None,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("time_cond_proj_dim"), "{err}");
+}
+
+#[test]
+fn wrong_input_channels_is_an_error() {
+    let config = UNetConfig::from_json_file(fixtures().join("tiny-sd/unet/config.json")).unwrap();
+    let unet = config.init::<B>(&device());
+    let err = unet
+        .forward(
+            Tensor::zeros([1, 3, 16, 16], &device()),
+            Tensor::zeros([1], &device()),
+            Tensor::zeros([1, 77, 32], &device()),
+            None,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("3 channels"), "{err}");
+}
+
+#[test]
+fn odd_latent_sizes_follow_the_skip_connections() {
+    // diffusers forwards the upsample size when the latent is not a multiple of 2^levels.
+    let config = UNetConfig::from_json_file(fixtures().join("tiny-sd/unet/config.json")).unwrap();
+    let unet = config.init::<B>(&device());
+    let out = unet
+        .forward(
+            Tensor::zeros([1, 4, 9, 7], &device()),
+            Tensor::from_floats([500.0], &device()),
+            Tensor::zeros([1, 77, 32], &device()),
+            None,
+        )
+        .unwrap();
+    assert_eq!(out.dims(), [1, 4, 9, 7]);
+}
+
+#[test]
+fn sd15_preset_equals_published_config() {
+    let parsed =
+        UNetConfig::from_json_file(fixtures().join("../../assets/sd15/unet/config.json")).unwrap();
+    assert_eq!(parsed, UNetConfig::sd15());
+}
+
+#[test]
+#[ignore = "allocates the 860M-parameter SD1.5 UNet (3.4 GB); run with --ignored"]
+fn sd15_unet_parameter_count() {
+    assert_eq!(
+        UNetConfig::sd15().init::<B>(&device()).num_params(),
+        859_520_964
+    );
+}
+
+#[test]
+fn unsupported_block_type_is_rejected_with_the_key() {
+    let text = std::fs::read_to_string(fixtures().join("tiny-sd/unet/config.json")).unwrap();
+    let text = text.replace("\"DownBlock2D\"", "\"SimpleCrossAttnDownBlock2D\"");
+    let err = UNetConfig::from_json_str(&text).unwrap_err();
+    assert!(
+        matches!(&err, ModelError::UnsupportedConfig { key, .. } if key == "down_block_types"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("SimpleCrossAttnDownBlock2D"),
+        "{err}"
+    );
+
+    let err = UNetConfig::from_json_str(r#"{"class_embed_type": "timestep"}"#).unwrap_err();
+    assert!(err.to_string().contains("class_embed_type"), "{err}");
+}
+
+#[test]
+fn weights_of_another_config_fail_naming_a_key() {
+    let mut config =
+        UNetConfig::from_json_file(fixtures().join("tiny-sd/unet/config.json")).unwrap();
+    config.block_out_channels = vec![32, 48];
+    let err = config
+        .init::<B>(&device())
+        .load_safetensors(
+            fixtures().join("tiny-sd/unet/diffusion_pytorch_model.safetensors"),
+            DType::F32,
+        )
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("diffusion_pytorch_model.safetensors"),
+        "{message}"
+    );
+    assert!(
+        message.contains("down_blocks.1.") && message.contains("48"),
+        "{message}"
+    );
+}
