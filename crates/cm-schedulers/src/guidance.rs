@@ -3,7 +3,7 @@
 //! `dim` channels, `[sin, cos]`, frequencies `exp(-ln(10000) i / (dim/2 - 1))`.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 
 /// Embeds guidance scales (the pipeline passes `w - 1`).
 ///
@@ -12,15 +12,23 @@ use burn::tensor::Tensor;
 pub fn guidance_scale_embedding<B: Backend>(w: Tensor<B, 1>, dim: usize) -> Tensor<B, 2> {
     let device = w.device();
     let [batch] = w.dims();
+    let scales: Vec<f32> = w.into_data().convert::<f32>().to_vec().expect("f32 data");
+    // Computed on the host: the arguments reach 1e4 (w = 10 -> 10000), where a backend's fast
+    // vectorised sine loses ~1e-3; here each f32 argument (the same f32 products torch forms) gets
+    // a correctly rounded sine and cosine.
     let half = dim / 2;
     let step = 10000f32.ln() / (half as f32 - 1.0);
-    let freqs: Vec<f32> = (0..half).map(|i| (i as f32 * -step).exp()).collect();
-    let freqs = Tensor::<B, 1>::from_floats(freqs.as_slice(), &device).reshape([1, half]);
-    let args = (w * 1000.0).reshape([batch, 1]) * freqs;
-    let emb = Tensor::cat(vec![args.clone().sin(), args.cos()], 1);
-    if dim % 2 == 1 {
-        Tensor::cat(vec![emb, Tensor::zeros([batch, 1], &device)], 1)
-    } else {
-        emb
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| ((i as f32 * -step) as f64).exp() as f32)
+        .collect();
+    let mut values = Vec::with_capacity(batch * dim);
+    for &scale in &scales {
+        let args: Vec<f64> = freqs.iter().map(|&f| (scale * 1000.0 * f) as f64).collect();
+        values.extend(args.iter().map(|a| a.sin() as f32));
+        values.extend(args.iter().map(|a| a.cos() as f32));
+        if dim % 2 == 1 {
+            values.push(0.0);
+        }
     }
+    Tensor::from_data(TensorData::new(values, [batch, dim]), &device)
 }

@@ -1,4 +1,4 @@
-//! Consistency training, consistency distillation and multi-boundary distillation in one engine.
-//!
-//! This crate compiles but is still empty: it is filled by a later issue (see the crate map in
-//! `docs/architecture.md`).
+//! The consistency engine: text-to-image sampling with any of our samplers (this file's
+//! [`sampling`] module), and, with the [train] issue, CT / CD / multi-boundary CD training.
+
+pub mod sampling;

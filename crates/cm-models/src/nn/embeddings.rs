@@ -6,7 +6,7 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 
 /// Sinusoidal embedding of (possibly fractional) timesteps, equal to diffusers'
 /// `get_timestep_embedding(t, dim, flip_sin_to_cos, downscale_freq_shift, scale=1, max_period=1e4)`.
@@ -24,28 +24,35 @@ pub fn timestep_embedding<B: Backend>(
 ) -> Tensor<B, 2> {
     let device = timesteps.device();
     let [batch] = timesteps.dims();
+    let times: Vec<f32> = timesteps
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("f32 data");
+    // Computed on the host (batch x dim values): the same f32 arguments torch forms, then a
+    // correctly rounded sine / cosine (a backend's fast vectorised sine loses ~1e-4 at t ~ 1000).
     let half = dim / 2;
-    // Frequencies computed in f64 then stored as f32, as torch computes them in f32 from arange.
+    let denominator = half as f32 - downscale_freq_shift as f32;
     let freqs: Vec<f32> = (0..half)
-        .map(|i| {
-            let exponent =
-                -(10000f32.ln()) * i as f32 / (half as f32 - downscale_freq_shift as f32);
-            exponent.exp()
-        })
+        .map(|i| ((i as f32 * -(10000f32.ln()) / denominator) as f64).exp() as f32)
         .collect();
-    let freqs = Tensor::<B, 1>::from_floats(freqs.as_slice(), &device).reshape([1, half]);
-    let args = timesteps.reshape([batch, 1]) * freqs;
-    let (sin, cos) = (args.clone().sin(), args.cos());
-    let emb = if flip_sin_to_cos {
-        Tensor::cat(vec![cos, sin], 1)
-    } else {
-        Tensor::cat(vec![sin, cos], 1)
-    };
-    if dim % 2 == 1 {
-        Tensor::cat(vec![emb, Tensor::zeros([batch, 1], &device)], 1)
-    } else {
-        emb
+    let mut values = Vec::with_capacity(batch * dim);
+    for &t in &times {
+        let args: Vec<f64> = freqs.iter().map(|&f| (t * f) as f64).collect();
+        let sin = args.iter().map(|a| a.sin() as f32);
+        let cos = args.iter().map(|a| a.cos() as f32);
+        if flip_sin_to_cos {
+            values.extend(cos);
+            values.extend(sin);
+        } else {
+            values.extend(sin);
+            values.extend(cos);
+        }
+        if dim % 2 == 1 {
+            values.push(0.0);
+        }
     }
+    Tensor::from_data(TensorData::new(values, [batch, dim]), &device)
 }
 
 /// Hyper-parameters of a [`TimestepEmbedding`].
