@@ -199,8 +199,8 @@ pub fn sample<B: Backend>(
     let f = sd.vae_scale_factor();
     if options.height == 0
         || options.width == 0
-        || options.height % f != 0
-        || options.width % f != 0
+        || !options.height.is_multiple_of(f)
+        || !options.width.is_multiple_of(f)
     {
         return Err(SampleError::InvalidOption(format!(
             "height and width must be positive multiples of the VAE down-sampling factor {f}; got {}x{}",
