@@ -44,6 +44,7 @@ fn decoding_final_latents_matches_the_pipeline_image() {
     let g = golden("pipeline_ddim.safetensors");
     let image = sd.decode_latents(Tensor::from_data(g["final_latents"].clone(), &device()));
     let error = relative_error(&image.into_data(), &g["image"]);
+    println!("decoded image rel. error {error:e}");
     assert!(error < 1e-4, "decoded image rel. error {error}");
 }
 
@@ -71,7 +72,15 @@ fn fp16_variant_loads_and_casts() {
         variant: WeightVariant::Fp16,
         ..Default::default()
     };
-    let sd = StableDiffusion::<B>::load(fixtures().join("tiny-sd"), options, &device()).unwrap();
+    // The fixture has fp16 copies of the UNet and VAE; derive the text encoder's.
+    let dir = common::temp_dir("pipeline-fp16").join("tiny-sd");
+    copy_dir(&fixtures().join("tiny-sd"), &dir);
+    let te = common::fp16_copy(
+        &dir.join("text_encoder/model.safetensors"),
+        "pipeline-fp16-te",
+    );
+    std::fs::copy(te, dir.join("text_encoder/model.fp16.safetensors")).unwrap();
+    let sd = StableDiffusion::<B>::load(&dir, options, &device()).unwrap();
     assert!(sd.reports.iter().all(|r| r.file_dtypes.contains_key("F16")));
     assert_eq!(sd.unet.conv_in.weight.val().dtype(), DType::F32);
 }

@@ -45,6 +45,7 @@ fn tiny_unet_matches_diffusers() {
     );
     let (ours, reference) = run(&unet, "unet.safetensors", false);
     let error = relative_error(&ours, &reference);
+    println!("UNet rel. error {error:e}");
     assert!(error < 1e-4, "UNet rel. error {error}");
 }
 
@@ -56,6 +57,7 @@ fn tiny_unet_with_guidance_condition_matches_diffusers() {
     assert_eq!(unet.time_cond_proj_dim, 256);
     let (ours, reference) = run(&unet, "unet_cond_proj.safetensors", true);
     let error = relative_error(&ours, &reference);
+    println!("UNet (cond_proj) rel. error {error:e}");
     assert!(error < 1e-4, "UNet (cond_proj) rel. error {error}");
 }
 

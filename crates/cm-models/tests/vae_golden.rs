@@ -51,6 +51,7 @@ fn tiny_vae_matches_diffusers() {
         ("decode", &decoded, &g["decoded"]),
     ] {
         let error = relative_error(ours, reference);
+        println!("{name} rel. error {error:e}");
         assert!(error < 1e-4, "{name} rel. error {error}");
     }
 }

@@ -52,3 +52,22 @@ pub fn temp_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// An fp16 copy of a safetensors file (float tensors converted), in a temp folder.
+pub fn fp16_copy(path: &std::path::Path, name: &str) -> PathBuf {
+    let tensors: BTreeMap<String, TensorData> = cm_models::safetensors_io::read_tensors(path)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| {
+            let v = if v.dtype.is_float() {
+                v.convert_dtype(burn::tensor::DType::F16)
+            } else {
+                v
+            };
+            (k, v)
+        })
+        .collect();
+    let out = temp_dir(name).join(path.file_name().unwrap());
+    cm_models::safetensors_io::write_tensors(&out, &tensors, &BTreeMap::new()).unwrap();
+    out
+}

@@ -1,0 +1,206 @@
+//! End-to-end sampling parity with diffusers' `StableDiffusionPipeline` on the tiny fixture
+//! pipeline, from the same initial noise (golden runs of `scripts/gen_fixtures.py`), plus the
+//! determinism of multi-boundary sampling and the errors of bad options.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+
+use burn::tensor::{Tensor, TensorData};
+use cm_models::pipeline::{PipelineLoadOptions, StableDiffusion};
+use cm_models::safetensors_io::read_tensors;
+use cm_schedulers::config::SchedulerConfig;
+use cm_train::sampling::{
+    sample, ReplayNoise, SampleOptions, SampleOutput, SamplerKind, SeededNoise,
+};
+
+type B = burn::backend::Flex;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn golden(name: &str) -> BTreeMap<String, TensorData> {
+    read_tensors(fixtures().join("golden").join(name)).unwrap()
+}
+
+fn relative_error(a: &TensorData, b: &TensorData) -> f64 {
+    let a = a.clone().convert::<f64>().to_vec::<f64>().unwrap();
+    let b = b.clone().convert::<f64>().to_vec::<f64>().unwrap();
+    assert_eq!(a.len(), b.len());
+    let diff: f64 = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    diff / b.iter().map(|y| y * y).sum::<f64>().sqrt()
+}
+
+fn tiny() -> StableDiffusion<B> {
+    StableDiffusion::load(
+        fixtures().join("tiny-sd"),
+        PipelineLoadOptions::default(),
+        &Default::default(),
+    )
+    .unwrap()
+}
+
+fn scheduler(name: &str) -> SchedulerConfig {
+    SchedulerConfig::from_json_file(
+        fixtures()
+            .join("schedulers")
+            .join(name)
+            .join("scheduler_config.json"),
+    )
+    .unwrap()
+}
+
+fn options(sampler: SamplerKind, guidance: f32) -> SampleOptions {
+    SampleOptions {
+        sampler,
+        steps: 4,
+        guidance_scale: guidance,
+        height: 32,
+        width: 32,
+        ..Default::default()
+    }
+}
+
+fn run(
+    sd: &StableDiffusion<B>,
+    config: &SchedulerConfig,
+    options: &SampleOptions,
+    init: Option<Tensor<B, 4>>,
+    noise: &mut dyn cm_train::sampling::NoiseSource<B>,
+) -> SampleOutput<B> {
+    let prompt = "a photograph of an astronaut riding a horse";
+    sample(
+        sd,
+        config,
+        &[prompt],
+        &[],
+        options,
+        init,
+        noise,
+        &mut |_| {},
+        &Default::default(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn ddim_4_steps_cfg_7_5_matches_diffusers() {
+    let sd = tiny();
+    let g = golden("pipeline_ddim.safetensors");
+    let init = Tensor::from_data(g["init_latents"].clone(), &Default::default());
+    let out = run(
+        &sd,
+        &scheduler("ddim"),
+        &options(SamplerKind::Ddim, 7.5),
+        Some(init),
+        &mut SeededNoise,
+    );
+    let timesteps: Vec<i64> = g["timesteps"].clone().convert::<i64>().to_vec().unwrap();
+    assert_eq!(
+        out.timesteps.iter().map(|&t| t as i64).collect::<Vec<_>>(),
+        timesteps
+    );
+    let e_latents = relative_error(&out.latents.into_data(), &g["final_latents"]);
+    let e_image = relative_error(&out.images.into_data(), &g["image"]);
+    println!("DDIM parity: latents {e_latents:e}, image {e_image:e}");
+    assert!(
+        e_latents < 1e-3 && e_image < 1e-3,
+        "latents {e_latents}, image {e_image}"
+    );
+}
+
+#[test]
+fn lcm_4_steps_matches_diffusers_with_the_same_noise() {
+    let sd = tiny();
+    let g = golden("pipeline_lcm.safetensors");
+    let device = Default::default();
+    let init = Tensor::from_data(g["init_latents"].clone(), &device);
+    let noise: Tensor<B, 5> = Tensor::from_data(g["step_noise"].clone(), &device);
+    let [k, ..] = noise.dims();
+    let queue: VecDeque<Tensor<B, 4>> = (0..k)
+        .map(|i| noise.clone().slice(i..i + 1).squeeze_dim(0))
+        .collect();
+    let mut replay = ReplayNoise { queue };
+    let out = run(
+        &sd,
+        &scheduler("lcm"),
+        &options(SamplerKind::Lcm, 1.0),
+        Some(init),
+        &mut replay,
+    );
+    assert!(
+        replay.queue.is_empty(),
+        "every recorded noise tensor is used"
+    );
+    let e_latents = relative_error(&out.latents.into_data(), &g["final_latents"]);
+    let e_image = relative_error(&out.images.into_data(), &g["image"]);
+    println!("LCM parity: latents {e_latents:e}, image {e_image:e}");
+    assert!(
+        e_latents < 1e-3 && e_image < 1e-3,
+        "latents {e_latents}, image {e_image}"
+    );
+}
+
+#[test]
+fn multiboundary_sampling_is_deterministic_bit_for_bit() {
+    use burn::tensor::backend::Backend;
+    let sd = tiny();
+    let config = scheduler("ddim");
+    let opts = options(SamplerKind::MultiBoundary { boundaries: 4 }, 2.0);
+    let device = Default::default();
+    let mut images = Vec::new();
+    for _ in 0..2 {
+        B::seed(&device, 42);
+        let out = run(&sd, &config, &opts, None, &mut SeededNoise);
+        assert_eq!(
+            out.timesteps,
+            vec![999, 759, 499, 259],
+            "one step per segment"
+        );
+        images.push(out.images.into_data());
+    }
+    assert_eq!(images[0], images[1]);
+}
+
+#[test]
+fn bad_options_are_clear_errors() {
+    let sd = tiny();
+    let config = scheduler("ddim");
+    let prompt = ["a cat"];
+    let device = Default::default();
+    let try_run = |opts: SampleOptions, init: Option<Tensor<B, 4>>| {
+        sample(
+            &sd,
+            &config,
+            &prompt,
+            &[],
+            &opts,
+            init,
+            &mut SeededNoise,
+            &mut |_| {},
+            &device,
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    let mut o = options(SamplerKind::Ddim, 7.5);
+    o.steps = 0;
+    assert!(try_run(o, None).contains("inference steps"));
+    let o = options(SamplerKind::MultiBoundary { boundaries: 60 }, 1.0);
+    assert!(try_run(o, None).contains("K must be in 1..=50"));
+    let mut o = options(SamplerKind::Ddim, 7.5);
+    o.height = 33;
+    assert!(try_run(o, None).contains("multiples of the VAE down-sampling factor 2"));
+    let wrong = Tensor::<B, 4>::zeros([1, 4, 8, 8], &device);
+    assert!(try_run(options(SamplerKind::Ddim, 7.5), Some(wrong)).contains("[1, 4, 16, 16]"));
+    assert!("euler"
+        .parse::<SamplerKind>()
+        .unwrap_err()
+        .to_string()
+        .contains("ddim, lcm or multiboundary"));
+}
