@@ -180,9 +180,20 @@ def record_lcm_noise():
     return drawn, lambda: setattr(lcm_module, "randn_tensor", original)
 
 
+def canonicalize_header(path):
+    """Rewrites a safetensors header with sorted keys: the writer orders metadata keys at random,
+    which would make reruns differ byte for byte."""
+    raw = Path(path).read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-(8 + len(header)) % 8)
+    Path(path).write_bytes(len(header).to_bytes(8, "little") + header + raw[8 + n:])
+
+
 def save(path, tensors, **metadata):
     meta = {k: str(v) for k, v in {**metadata, **VERSIONS, "generator": "scripts/gen_fixtures.py"}.items()}
     save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, str(path), metadata=meta)
+    canonicalize_header(path)
 
 
 @torch.no_grad()
