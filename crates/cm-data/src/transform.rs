@@ -117,42 +117,63 @@ fn clip8(v: f64) -> u8 {
     v.round().clamp(0.0, 255.0) as u8
 }
 
+/// One separable pass over raw interleaved RGB rows: `out[o] = sum_k w_k in[start + k]` along
+/// an axis, rounded to 8 bits (PIL rounds between its two passes too).
+fn resample_axis(
+    input: &[u8],
+    (in_w, in_h): (usize, usize),
+    coeffs: &[(usize, Vec<f64>)],
+    horizontal: bool,
+) -> Vec<u8> {
+    let (out_w, out_h) = if horizontal {
+        (coeffs.len(), in_h)
+    } else {
+        (in_w, coeffs.len())
+    };
+    let mut out = vec![0u8; out_w * out_h * 3];
+    for y in 0..out_h {
+        for x in 0..out_w {
+            let (start, weights) = if horizontal { &coeffs[x] } else { &coeffs[y] };
+            let mut acc = [0.0f64; 3];
+            for (k, &w) in weights.iter().enumerate() {
+                let (sx, sy) = if horizontal {
+                    (start + k, y)
+                } else {
+                    (x, start + k)
+                };
+                let p = &input[(sy * in_w + sx) * 3..][..3];
+                acc[0] += p[0] as f64 * w;
+                acc[1] += p[1] as f64 * w;
+                acc[2] += p[2] as f64 * w;
+            }
+            let o = &mut out[(y * out_w + x) * 3..][..3];
+            o[0] = clip8(acc[0]);
+            o[1] = clip8(acc[1]);
+            o[2] = clip8(acc[2]);
+        }
+    }
+    out
+}
+
 /// Bilinear resize with antialiasing, as PIL's `Image.resize(size, BILINEAR)`.
 pub fn resize_bilinear_antialias(img: &RgbImage, width: u32, height: u32) -> RgbImage {
-    let (w, h) = img.dimensions();
-    // 1. Horizontal pass (to width x h), rounded to 8 bits.
-    let horizontal = if width == w {
-        img.clone()
-    } else {
-        let coeffs = coefficients(w, width);
-        RgbImage::from_fn(width, h, |x, y| {
-            let (start, weights) = &coeffs[x as usize];
-            let mut acc = [0.0f64; 3];
-            for (k, wgt) in weights.iter().enumerate() {
-                let p = img.get_pixel((start + k) as u32, y);
-                for c in 0..3 {
-                    acc[c] += p[c] as f64 * wgt;
-                }
-            }
-            image::Rgb([clip8(acc[0]), clip8(acc[1]), clip8(acc[2])])
-        })
-    };
-    // 2. Vertical pass.
-    if height == h {
-        return horizontal;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    // 1. Horizontal pass (to width x h), then 2. vertical pass, each rounded to 8 bits.
+    let mut buffer = img.as_raw().clone();
+    let mut current_w = w;
+    if width as usize != w {
+        buffer = resample_axis(&buffer, (w, h), &coefficients(w as u32, width), true);
+        current_w = width as usize;
     }
-    let coeffs = coefficients(h, height);
-    RgbImage::from_fn(width, height, |x, y| {
-        let (start, weights) = &coeffs[y as usize];
-        let mut acc = [0.0f64; 3];
-        for (k, wgt) in weights.iter().enumerate() {
-            let p = horizontal.get_pixel(x, (start + k) as u32);
-            for c in 0..3 {
-                acc[c] += p[c] as f64 * wgt;
-            }
-        }
-        image::Rgb([clip8(acc[0]), clip8(acc[1]), clip8(acc[2])])
-    })
+    if height as usize != h {
+        buffer = resample_axis(
+            &buffer,
+            (current_w, h),
+            &coefficients(h as u32, height),
+            false,
+        );
+    }
+    RgbImage::from_raw(width, height, buffer).expect("buffer matches the output size")
 }
 
 /// torchvision `Resize(r)` output size: the shorter side becomes `r`, the longer
