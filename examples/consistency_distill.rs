@@ -13,6 +13,7 @@ use anyhow::Context;
 use burn::tensor::DType;
 use consistency_models::backend::{self, Backend};
 use consistency_models::models::clip::{ClipTextModel, ClipTokenizer};
+use consistency_models::models::{Component, WeightVariant};
 
 fn main() -> anyhow::Result<()> {
     let prompt = std::env::args()
@@ -38,8 +39,8 @@ fn main() -> anyhow::Result<()> {
         let dir =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd/text_encoder");
         let start = Instant::now();
-        let (encoder, report) =
-            ClipTextModel::<Backend>::from_folder(&dir, false, DType::F32, &device)
+        let (encoder, _, report) =
+            ClipTextModel::<Backend>::from_folder(&dir, WeightVariant::Full, DType::F32, &device)
                 .with_context(|| format!("loading the tiny text encoder from {}", dir.display()))?;
         println!("  weights: {report}");
         let batch = tokenizer.encode_batch::<Backend>(&[prompt.as_str(), ""], &device)?;

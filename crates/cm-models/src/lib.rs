@@ -9,6 +9,7 @@
 //! Every model is generic over the Burn backend `B`; binaries pick the backend.
 
 pub mod clip;
+pub mod component;
 pub mod config_json;
 pub mod error;
 pub mod image_io;
@@ -19,4 +20,5 @@ pub mod unet;
 pub mod vae;
 pub mod weights;
 
+pub use component::{Component, WeightVariant};
 pub use error::{ModelError, Result};

@@ -16,23 +16,12 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 
 use crate::clip::{ClipTextConfig, ClipTextModel, ClipTokenizer};
-use crate::config_json::JsonConfig;
+use crate::component::Component;
+pub use crate::component::WeightVariant;
 use crate::error::{ModelError, Result};
 use crate::unet::{UNet2DConditionModel, UNetConfig};
 use crate::vae::{AutoencoderKL, VaeConfig};
 use crate::weights::LoadReport;
-
-/// Which weight file of each component to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WeightVariant {
-    /// The fp32 file if present, else the `.fp16.` file.
-    #[default]
-    Auto,
-    /// `*.safetensors` (error if absent).
-    Full,
-    /// `*.fp16.safetensors` (error if absent).
-    Fp16,
-}
 
 /// How to load a pipeline folder.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -111,31 +100,6 @@ fn read_model_index(path: &Path) -> Result<BTreeMap<String, (String, String)>> {
     Ok(components)
 }
 
-/// Picks `<stem>.safetensors` or `<stem>.fp16.safetensors` in `dir`.
-fn weight_file(dir: &Path, stem: &str, variant: WeightVariant) -> Result<PathBuf> {
-    let full = dir.join(format!("{stem}.safetensors"));
-    let half = dir.join(format!("{stem}.fp16.safetensors"));
-    let candidates: &[&PathBuf] = match variant {
-        WeightVariant::Auto => &[&full, &half],
-        WeightVariant::Full => &[&full],
-        WeightVariant::Fp16 => &[&half],
-    };
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .map(|p| (*p).clone())
-        .ok_or_else(|| {
-            let names: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-            ModelError::io(
-                names.join(" or "),
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "weight file not found (only .safetensors is supported)",
-                ),
-            )
-        })
-}
-
 impl<B: Backend> StableDiffusion<B> {
     /// Loads a diffusers Stable Diffusion folder.
     pub fn load(
@@ -177,23 +141,24 @@ impl<B: Backend> StableDiffusion<B> {
 
         // 2. Configs (validated) and weights, component by component.
         let tokenizer = ClipTokenizer::from_folder(root.join("tokenizer"))?;
-        let te_dir = root.join("text_encoder");
-        let text_encoder_config = ClipTextConfig::from_json_file(te_dir.join("config.json"))?;
-        let (text_encoder, te_report) = text_encoder_config.init::<B>(device).load_safetensors(
-            weight_file(&te_dir, "model", options.variant)?,
+        let (text_encoder, text_encoder_config, te_report) = ClipTextModel::from_folder(
+            root.join("text_encoder"),
+            options.variant,
             options.frozen_dtype,
+            device,
         )?;
         let unet_dir = root.join("unet");
-        let unet_config = UNetConfig::from_json_file(unet_dir.join("config.json"))?;
-        let (unet, unet_report) = unet_config.init::<B>(device).load_safetensors(
-            weight_file(&unet_dir, "diffusion_pytorch_model", options.variant)?,
+        let (unet, unet_config, unet_report) = UNet2DConditionModel::from_folder(
+            &unet_dir,
+            options.variant,
             options.unet_dtype,
+            device,
         )?;
-        let vae_dir = root.join("vae");
-        let vae_config = VaeConfig::from_json_file(vae_dir.join("config.json"))?;
-        let (vae, vae_report) = vae_config.init::<B>(device).load_safetensors(
-            weight_file(&vae_dir, "diffusion_pytorch_model", options.variant)?,
+        let (vae, vae_config, vae_report) = AutoencoderKL::from_folder(
+            root.join("vae"),
+            options.variant,
             options.frozen_dtype,
+            device,
         )?;
         let scheduler_config = read_json(&root.join("scheduler/scheduler_config.json"))?;
 

@@ -10,7 +10,7 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use cm_models::clip::{ClipTextConfig, ClipTextModel};
 use cm_models::config_json::JsonConfig;
 use cm_models::safetensors_io::{read_tensors, write_tensors};
-use cm_models::ModelError;
+use cm_models::{Component, ModelError};
 use common::{device, fixtures, golden, relative_error, TestBackend};
 
 fn encoder_dir() -> std::path::PathBuf {

@@ -7,7 +7,7 @@ use burn::module::Module;
 use burn::tensor::{DType, Tensor, TensorData};
 use cm_models::config_json::JsonConfig;
 use cm_models::unet::{UNet2DConditionModel, UNetConfig};
-use cm_models::ModelError;
+use cm_models::{Component, ModelError, WeightVariant};
 use common::{device, fixtures, golden, relative_error, TestBackend};
 
 type B = TestBackend;
@@ -32,9 +32,9 @@ fn run(unet: &UNet2DConditionModel<B>, file: &str, with_cond: bool) -> (TensorDa
 
 #[test]
 fn tiny_unet_matches_diffusers() {
-    let (unet, report) = UNet2DConditionModel::<B>::from_folder(
+    let (unet, _, report) = UNet2DConditionModel::<B>::from_folder(
         fixtures().join("tiny-sd/unet"),
-        false,
+        WeightVariant::Full,
         DType::F32,
         &device(),
     )
@@ -52,8 +52,9 @@ fn tiny_unet_matches_diffusers() {
 #[test]
 fn tiny_unet_with_guidance_condition_matches_diffusers() {
     let dir = fixtures().join("tiny-unet-cond-proj");
-    let (unet, _) =
-        UNet2DConditionModel::<B>::from_folder(&dir, false, DType::F32, &device()).unwrap();
+    let (unet, _, _) =
+        UNet2DConditionModel::<B>::from_folder(&dir, WeightVariant::Full, DType::F32, &device())
+            .unwrap();
     assert_eq!(unet.time_cond_proj_dim, 256);
     let (ours, reference) = run(&unet, "unet_cond_proj.safetensors", true);
     let error = relative_error(&ours, &reference);
@@ -63,9 +64,9 @@ fn tiny_unet_with_guidance_condition_matches_diffusers() {
 
 #[test]
 fn fp16_unet_file_loads_into_f32_module() {
-    let (unet, report) = UNet2DConditionModel::<B>::from_folder(
+    let (unet, _, report) = UNet2DConditionModel::<B>::from_folder(
         fixtures().join("tiny-sd/unet"),
-        true,
+        WeightVariant::Fp16,
         DType::F32,
         &device(),
     )
@@ -79,9 +80,9 @@ fn fp16_unet_file_loads_into_f32_module() {
 
 #[test]
 fn missing_or_unexpected_guidance_condition_is_an_error() {
-    let (unet, _) = UNet2DConditionModel::<B>::from_folder(
+    let (unet, _, _) = UNet2DConditionModel::<B>::from_folder(
         fixtures().join("tiny-unet-cond-proj"),
-        false,
+        WeightVariant::Full,
         DType::F32,
         &device(),
     )

@@ -10,6 +10,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use cm_models::config_json::JsonConfig;
 use cm_models::safetensors_io::{read_tensors, write_tensors};
 use cm_models::vae::{AutoencoderKL, VaeConfig};
+use cm_models::Component;
 use common::{device, fixtures, golden, relative_error, TestBackend};
 
 type B = TestBackend;

@@ -6,7 +6,6 @@ mod text_encoder;
 mod tokenizer;
 
 pub use config::{ClipActivation, ClipTextConfig};
-pub use loading::text_encoder_load_options;
 pub use text_encoder::{
     quick_gelu, ClipAttention, ClipEncoder, ClipEncoderLayer, ClipMlp, ClipTextEmbeddings,
     ClipTextModel, ClipTextOutput,

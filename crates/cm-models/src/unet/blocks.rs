@@ -40,6 +40,24 @@ impl BlockSettings {
         .init(device)
     }
 
+    /// `count` transformers after as many resnets, or none for blocks without attention.
+    fn transformers<B: Backend>(
+        &self,
+        enabled: bool,
+        count: usize,
+        channels: usize,
+        heads: usize,
+        layers: usize,
+        device: &B::Device,
+    ) -> Vec<Transformer2DModel<B>> {
+        if !enabled {
+            return Vec::new();
+        }
+        (0..count)
+            .map(|_| self.transformer(channels, heads, layers, device))
+            .collect()
+    }
+
     fn transformer<B: Backend>(
         &self,
         channels: usize,
@@ -95,20 +113,14 @@ impl<B: Backend> DownBlock<B> {
                 s.resnet(input, spec.out_channels, 1.0, device)
             })
             .collect();
-        let attentions = if spec.cross_attention {
-            (0..spec.layers)
-                .map(|_| {
-                    s.transformer(
-                        spec.out_channels,
-                        spec.heads,
-                        spec.transformer_layers,
-                        device,
-                    )
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let attentions = s.transformers(
+            spec.cross_attention,
+            spec.layers,
+            spec.out_channels,
+            spec.heads,
+            spec.transformer_layers,
+            device,
+        );
         let downsamplers = if spec.add_downsample {
             vec![Downsample2D::new(
                 spec.out_channels,
@@ -236,20 +248,14 @@ impl<B: Backend> UpBlock<B> {
                 s.resnet(input + skip, spec.out_channels, 1.0, device)
             })
             .collect();
-        let attentions = if spec.cross_attention {
-            (0..spec.layers)
-                .map(|_| {
-                    s.transformer(
-                        spec.out_channels,
-                        spec.heads,
-                        spec.transformer_layers,
-                        device,
-                    )
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let attentions = s.transformers(
+            spec.cross_attention,
+            spec.layers,
+            spec.out_channels,
+            spec.heads,
+            spec.transformer_layers,
+            device,
+        );
         let upsamplers = if spec.add_upsample {
             vec![Upsample2D::new(
                 spec.out_channels,

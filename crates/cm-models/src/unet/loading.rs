@@ -6,48 +6,22 @@
 //! (the feed-forward list is an enum list, so its indices survive). Linear weights are transposed
 //! and GroupNorm/LayerNorm `weight`/`bias` become `gamma`/`beta` by burn-store's adapter.
 
-use std::path::Path;
-
 use burn::tensor::backend::Backend;
 use burn::tensor::DType;
 
 use super::{UNet2DConditionModel, UNetConfig};
-use crate::config_json::JsonConfig;
-use crate::error::Result;
-use crate::weights::{load_safetensors, LoadOptions, LoadReport};
+use crate::component::Component;
+use crate::weights::LoadOptions;
 
-/// The load options of a diffusers UNet file.
-pub fn unet_load_options(dtype: DType) -> LoadOptions {
-    LoadOptions::default().with_dtype(dtype)
-}
+impl<B: Backend> Component<B> for UNet2DConditionModel<B> {
+    type Config = UNetConfig;
+    const WEIGHTS_STEM: &'static str = "diffusion_pytorch_model";
 
-impl<B: Backend> UNet2DConditionModel<B> {
-    /// Reads weights from a diffusers safetensors file (fp32, fp16 or bf16; cast to `dtype`).
-    pub fn load_safetensors(
-        self,
-        path: impl AsRef<Path>,
-        dtype: DType,
-    ) -> Result<(Self, LoadReport)> {
-        load_safetensors(self, path, &unet_load_options(dtype))
+    fn load_options(dtype: DType) -> LoadOptions {
+        LoadOptions::default().with_dtype(dtype)
     }
 
-    /// Builds the model of `config.json` in `dir` and loads `diffusion_pytorch_model.safetensors`
-    /// (or the `.fp16.` variant).
-    pub fn from_folder(
-        dir: impl AsRef<Path>,
-        fp16_variant: bool,
-        dtype: DType,
-        device: &B::Device,
-    ) -> Result<(Self, LoadReport)> {
-        let dir = dir.as_ref();
-        let config = UNetConfig::from_json_file(dir.join("config.json"))?;
-        let file = if fp16_variant {
-            "diffusion_pytorch_model.fp16.safetensors"
-        } else {
-            "diffusion_pytorch_model.safetensors"
-        };
-        config
-            .init::<B>(device)
-            .load_safetensors(dir.join(file), dtype)
+    fn build(config: &UNetConfig, device: &B::Device) -> Self {
+        config.init(device)
     }
 }

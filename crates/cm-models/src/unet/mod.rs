@@ -7,5 +7,4 @@ mod model;
 
 pub use blocks::{DownBlock, MidBlock, UpBlock};
 pub use config::{PerBlock, UNetConfig};
-pub use loading::unet_load_options;
 pub use model::UNet2DConditionModel;

@@ -5,7 +5,6 @@ mod loading;
 mod model;
 
 pub use config::VaeConfig;
-pub use loading::vae_load_options;
 pub use model::{
     AutoencoderKL, Decoder, DiagonalGaussian, DownEncoderBlock2D, Encoder, UpDecoderBlock2D,
     VaeMidBlock,
