@@ -138,3 +138,34 @@ fn lcm_parameterisation_tends_to_the_sample_at_t_zero() {
     // c_skip(0) = 1, c_out(0) = 0.
     assert_eq!(out.into_data(), x.into_data());
 }
+
+#[test]
+fn lcm_custom_timesteps_are_validated_and_used() {
+    use cm_schedulers::lcm::LcmScheduler;
+    let mut s = LcmScheduler::new(SchedulerConfig::sd15());
+    assert_eq!(
+        s.set_custom_timesteps(&[999, 500, 100]).unwrap(),
+        &[999, 500, 100]
+    );
+    assert!(s.set_custom_timesteps(&[]).is_err());
+    assert!(s
+        .set_custom_timesteps(&[1000])
+        .unwrap_err()
+        .to_string()
+        .contains("1000"));
+    assert!(s
+        .set_custom_timesteps(&[500, 700])
+        .unwrap_err()
+        .to_string()
+        .contains("descending"));
+    // The last step returns the denoised sample without re-noising.
+    s.set_custom_timesteps(&[999, 499]).unwrap();
+    let x = randn(9);
+    let last = s.step(randn(10), 1, x.clone(), None).unwrap();
+    assert_eq!(last.prev_sample.into_data(), last.denoised.into_data());
+    assert!(s
+        .step(randn(10), 0, x, None)
+        .unwrap_err()
+        .to_string()
+        .contains("fresh noise"));
+}
