@@ -6,6 +6,7 @@ chelsea: CC0), crops them to odd, non-square sizes, saves them as JPEG and PNG u
 tests/fixtures/images/, and records what the reference path gives for each:
     PIL.Image.open(f).convert("RGB") -> Resize(R) -> CenterCrop(R) -> ToTensor() -> Normalize(0.5, 0.5)
 for R in {64, 96}, in tests/fixtures/golden/transforms.safetensors (key `<file>@<R>`, [3, R, R]).
+Also writes a palette PNG and a CMYK JPEG (decoding checks: they must become RGB).
 
 Rerun (from the repository root, with scripts/requirements.txt installed):
     python3 scripts/gen_transform_fixtures.py
@@ -39,6 +40,13 @@ def main():
     # One PNG too (lossless path), half size.
     Image.open(images / "coffee.jpg").resize((299, 166)).save(images / "coffee_small.png")
     files.append("coffee_small.png")
+
+    # Modes that must become RGB: a palette PNG and a CMYK JPEG (solid red: C=0, M=Y=255, K=0).
+    palette = Image.new("P", (8, 6))
+    palette.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * (256 * 3 - 9))
+    palette.putdata([(x // 3) for y in range(6) for x in range(8)])
+    palette.save(images / "palette.png")
+    Image.new("CMYK", (8, 6), (0, 255, 255, 0)).save(images / "cmyk_red.jpg", quality=95)
 
     tensors = {}
     for r in (64, 96):

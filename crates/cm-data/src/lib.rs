@@ -3,9 +3,10 @@
 //! `DataLoader` (parallel decode, prefetch, tokenised captions), and the synthetic shapes dataset
 //! used by the embedded demo.
 //!
-//! Still to come (see the [data] issue): the latent / text-embedding cache.
+//! The latent / text-embedding cache ([`cache`]) lets training skip the frozen encoders.
 
 pub mod batcher;
+pub mod cache;
 pub mod dataset;
 pub mod error;
 pub mod item;

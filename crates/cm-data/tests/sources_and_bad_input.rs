@@ -358,3 +358,22 @@ fn dataset_limits_shuffles_and_applies_the_skip_policy() {
     assert_eq!(a.len(), 4);
     assert_eq!(a.items(), b.items());
 }
+
+#[test]
+fn palette_and_cmyk_files_become_rgb() {
+    // Made by scripts/gen_transform_fixtures.py with PIL.
+    let images = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/images");
+    let palette = load_rgb(&images.join("palette.png"), 1024).unwrap();
+    assert_eq!(palette.dimensions(), (8, 6));
+    assert_eq!(palette.get_pixel(0, 0).0, [255, 0, 0]);
+    assert_eq!(palette.get_pixel(4, 2).0, [0, 255, 0]);
+    assert_eq!(palette.get_pixel(7, 5).0, [0, 0, 255]);
+    let cmyk = load_rgb(&images.join("cmyk_red.jpg"), 1024).unwrap();
+    assert_eq!(cmyk.dimensions(), (8, 6));
+    let [r, g, b] = cmyk.get_pixel(3, 3).0;
+    assert!(
+        r > 200 && g < 60 && b < 60,
+        "CMYK red decoded as {:?}",
+        [r, g, b]
+    );
+}
