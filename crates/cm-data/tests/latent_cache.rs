@@ -24,14 +24,8 @@ fn temp(name: &str) -> PathBuf {
     dir
 }
 
-fn max_abs(a: &TensorData, b: &TensorData) -> f32 {
-    let a = a.clone().to_vec::<f32>().unwrap();
-    let b = b.clone().to_vec::<f32>().unwrap();
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+fn max_abs(a: &TensorData, b: &TensorData) -> f64 {
+    cm_models::compare::max_abs_error(a, b)
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! Every model is generic over the Burn backend `B`; binaries pick the backend.
 
 pub mod clip;
+pub mod compare;
 pub mod component;
 pub mod config_json;
 pub mod error;

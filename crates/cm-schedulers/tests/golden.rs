@@ -37,13 +37,7 @@ fn tensor(data: &TensorData) -> Tensor<B, 4> {
 }
 
 fn max_abs(a: &TensorData, b: &TensorData) -> f32 {
-    let a = a.clone().convert::<f32>().to_vec::<f32>().unwrap();
-    let b = b.clone().convert::<f32>().to_vec::<f32>().unwrap();
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    cm_models::compare::max_abs_error(a, b) as f32
 }
 
 #[test]

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 
 use burn::tensor::{Tensor, TensorData};
+use cm_models::compare::relative_error;
 use cm_models::pipeline::{PipelineLoadOptions, StableDiffusion};
 use cm_models::safetensors_io::read_tensors;
 use cm_schedulers::config::SchedulerConfig;
@@ -21,19 +22,6 @@ fn fixtures() -> PathBuf {
 
 fn golden(name: &str) -> BTreeMap<String, TensorData> {
     read_tensors(fixtures().join("golden").join(name)).unwrap()
-}
-
-fn relative_error(a: &TensorData, b: &TensorData) -> f64 {
-    let a = a.clone().convert::<f64>().to_vec::<f64>().unwrap();
-    let b = b.clone().convert::<f64>().to_vec::<f64>().unwrap();
-    assert_eq!(a.len(), b.len());
-    let diff: f64 = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    diff / b.iter().map(|y| y * y).sum::<f64>().sqrt()
 }
 
 fn tiny() -> StableDiffusion<B> {

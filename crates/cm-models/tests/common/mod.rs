@@ -26,24 +26,9 @@ pub fn golden(name: &str) -> BTreeMap<String, TensorData> {
         .unwrap_or_else(|e| panic!("cannot read fixture: {e}"))
 }
 
-/// `||ours - reference|| / ||reference||` over all elements, in f64.
-pub fn relative_error(ours: &TensorData, reference: &TensorData) -> f64 {
-    assert_eq!(ours.shape, reference.shape, "shapes differ");
-    let a = ours.clone().convert::<f64>().to_vec::<f64>().unwrap();
-    let b = reference.clone().convert::<f64>().to_vec::<f64>().unwrap();
-    let diff: f64 = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let norm: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
-    assert!(
-        norm > 0.0,
-        "reference is all zeros: the golden value cannot detect anything"
-    );
-    diff / norm
-}
+/// `||ours - reference|| / ||reference||` (infinite on a shape mismatch or an all-zero reference).
+#[allow(unused_imports)]
+pub use cm_models::compare::relative_error;
 
 /// A fresh, empty folder under the system temp dir for one test.
 pub fn temp_dir(name: &str) -> PathBuf {
