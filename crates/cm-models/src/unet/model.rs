@@ -223,7 +223,6 @@ impl<B: Backend> UNet2DConditionModel<B> {
         let expected_dim = self
             .down_blocks
             .iter()
-            .chain([])
             .find_map(|b| b.attentions.first())
             .map(|a| a.transformer_blocks[0].attn2.to_k.weight.dims()[0]);
         if cb != batch || expected_dim.is_some_and(|d| d != cd) {
