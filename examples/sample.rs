@@ -8,8 +8,10 @@
 //!     [--init-latents FILE] [--save-tensors FILE]
 //! ```
 //! Without `--model` it uses the tiny fixture pipeline (`tests/fixtures/tiny-sd`) until the
-//! embedded demo pipeline lands. `--init-latents` reads the initial noise (key `latents`) from a
-//! safetensors file; `--save-tensors` writes the final `latents` and decoded `images` ([0, 1]).
+//! embedded demo pipeline lands. `--lora` applies a UNet LoRA file (peft / diffusers or kohya keys,
+//! fp16 or fp32), checked against the UNet before anything changes, then merged. `--init-latents`
+//! reads the initial noise (key `latents`) from a safetensors file; `--save-tensors` writes the
+//! final `latents` and decoded `images` ([0, 1]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,7 +21,9 @@ use anyhow::{bail, Context};
 use burn::tensor::backend::Backend as _;
 use burn::tensor::Tensor;
 use consistency_models::backend::{self, Backend};
+use consistency_models::lora as cm_lora;
 use consistency_models::models::image_io::save_png;
+use consistency_models::models::lora_file;
 use consistency_models::models::pipeline::{PipelineLoadOptions, StableDiffusion};
 use consistency_models::models::safetensors_io::{read_tensors, write_tensors};
 use consistency_models::schedulers::config::SchedulerConfig;
@@ -71,7 +75,7 @@ fn parse_args() -> anyhow::Result<Args> {
                 "{}",
                 include_str!("sample.rs")
                     .lines()
-                    .take(13)
+                    .take(15)
                     .map(|l| l.trim_start_matches("//!"))
                     .collect::<Vec<_>>()
                     .join("\n")
@@ -118,12 +122,6 @@ fn parse_args() -> anyhow::Result<Args> {
 
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    if let Some(lora) = &args.lora {
-        bail!(
-            "--lora {}: applying LoRA files is not implemented yet (the [lora] issue); nothing was sampled",
-            lora.display()
-        );
-    }
     let mut sampler: SamplerKind = args.scheduler.parse()?;
     if let SamplerKind::MultiBoundary { boundaries } = &mut sampler {
         *boundaries = args.boundaries;
@@ -136,10 +134,23 @@ fn run(args: &Args, sampler: SamplerKind) -> anyhow::Result<()> {
     Backend::seed(&device, args.seed);
     println!("backend: {}", backend::describe());
     let start = Instant::now();
-    let sd = StableDiffusion::<Backend>::load(&args.model, PipelineLoadOptions::default(), &device)
-        .with_context(|| format!("loading the pipeline folder {}", args.model.display()))?;
+    let mut sd =
+        StableDiffusion::<Backend>::load(&args.model, PipelineLoadOptions::default(), &device)
+            .with_context(|| format!("loading the pipeline folder {}", args.model.display()))?;
     for report in &sd.reports {
         println!("  {report}");
+    }
+    if let Some(path) = &args.lora {
+        // Every key and shape is checked before the UNet changes; then the adapter is merged so
+        // that sampling costs what the base model costs.
+        let report = lora_file::load_into(&mut sd.unet, path, "lora")?;
+        cm_lora::merge(&mut sd.unet, "lora")?;
+        println!(
+            "  LoRA {}: {} layers, {} parameters, merged into the UNet",
+            path.display(),
+            report.layers,
+            report.params
+        );
     }
     println!(
         "loaded {} in {:.1} s",

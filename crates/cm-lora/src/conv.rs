@@ -1,75 +1,180 @@
-//! LoRA on a `Conv2d` layer (the LCM-LoRA target set includes the UNet's convolutions).
+//! `LoraConv2d`: a `Conv2d` layer that can carry any number of named LoRA adapters.
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Initializer, PaddingConfig2d};
+use burn::nn::{Dropout, DropoutConfig, Initializer};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use crate::LoraConfig;
+use crate::adapter::{AdaptableLayer, AdapterMeta, LayerInfo};
+use crate::factors::{factor_tensor, fold_into, match_base_dtype};
+use crate::{Geometry, LayerFactors, LoraConfig};
 
-/// A `Conv2d` with a low-rank update: `down` has the base's kernel, stride and padding and `r`
-/// output channels; `up` is a 1x1 convolution to the base's output channels.
+/// The factors of one adapter on a [`LoraConv2d`] (kohya / peft layout).
 #[derive(Module, Debug)]
+pub struct ConvAdapter<B: Backend> {
+    /// `[r, in, kh, kw]` with the base's kernel, stride, padding and dilation; no bias; random
+    /// at init.
+    pub down: Conv2d<B>,
+    /// `[out, r, 1, 1]`; zero at init.
+    pub up: Conv2d<B>,
+    /// Dropout on the adapter's input.
+    pub dropout: Dropout,
+}
+
+/// A `Conv2d` with optional LoRA adapters (see [`crate::LoraLinear`]); paths of the base
+/// parameters are unchanged (`<path>.weight`, `<path>.bias`).
+#[derive(Debug, Clone)]
 pub struct LoraConv2d<B: Backend> {
-    /// The frozen base layer.
+    /// The base layer (frozen once an adapter is injected).
     pub base: Conv2d<B>,
-    /// `[r, in, kh, kw]`, no bias.
-    pub lora_down: Conv2d<B>,
-    /// `[out, r, 1, 1]`, no bias, zero at init.
-    pub lora_up: Conv2d<B>,
-    /// `alpha / rank`.
-    pub scale: f64,
+    /// Adapter factors, parallel to the adapter metadata.
+    pub adapters: Vec<ConvAdapter<B>>,
+    pub(crate) metas: Vec<AdapterMeta>,
+}
+
+impl<B: Backend> From<Conv2d<B>> for LoraConv2d<B> {
+    fn from(base: Conv2d<B>) -> Self {
+        Self {
+            base,
+            adapters: Vec::new(),
+            metas: Vec::new(),
+        }
+    }
 }
 
 impl<B: Backend> LoraConv2d<B> {
-    /// Wraps `base` (groups = 1, dilation 1); the base parameters stop requiring gradients.
-    /// `stride` and `padding` must be the base layer's (Burn's `Conv2d` keeps them private to
-    /// its config).
-    pub fn new(
-        base: Conv2d<B>,
-        stride: [usize; 2],
-        padding: [usize; 4],
-        config: LoraConfig,
-        device: &B::Device,
-    ) -> Self {
-        let [out, inp, kh, kw] = base.weight.dims();
-        let [top, left, bottom, right] = padding;
-        Self {
-            base: base.no_grad(),
-            lora_down: Conv2dConfig::new([inp, config.rank], [kh, kw])
-                .with_stride(stride)
-                .with_padding(PaddingConfig2d::Explicit(top, left, bottom, right))
-                .with_bias(false)
-                .init(device),
-            lora_up: Conv2dConfig::new([config.rank, out], [1, 1])
-                .with_bias(false)
-                .with_initializer(Initializer::Zeros)
-                .init(device),
-            scale: config.scale(),
-        }
+    /// A `Conv2d` without adapters.
+    pub fn new(config: &Conv2dConfig, device: &B::Device) -> Self {
+        config.init(device).into()
+    }
+
+    /// Adapters on this layer, in insertion order.
+    pub fn adapter_metas(&self) -> &[AdapterMeta] {
+        &self.metas
     }
 
     /// # Shapes
     /// `[batch, in, h, w]` -> `[batch, out, h', w']`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.base.forward(x.clone()) + self.lora_up.forward(self.lora_down.forward(x)) * self.scale
+        let mut y = self.base.forward(x.clone());
+        for (adapter, meta) in self.adapters.iter().zip(&self.metas) {
+            if meta.adds_output() {
+                let update = adapter
+                    .up
+                    .forward(adapter.down.forward(adapter.dropout.forward(x.clone())));
+                y = y + update * meta.scale();
+            }
+        }
+        y
     }
 
-    /// The weight update `scale * up @ down` as `[out, in, kh, kw]`.
-    pub fn delta(&self) -> Tensor<B, 4> {
-        let [r, inp, kh, kw] = self.lora_down.weight.dims();
-        let [out, ..] = self.lora_up.weight.dims();
-        let down = self.lora_down.weight.val().reshape([r, inp * kh * kw]);
-        let up = self.lora_up.weight.val().reshape([out, r]);
-        up.matmul(down).reshape([out, inp, kh, kw]) * self.scale
-    }
-
-    /// The base layer with the update folded into its weight.
-    pub fn merge(&self) -> Conv2d<B> {
-        let mut merged = self.base.clone();
-        merged.weight =
-            Param::from_tensor(self.base.weight.val() + self.delta()).set_require_grad(false);
-        merged
+    fn geometry(&self) -> Geometry {
+        let [c_out, c_in_per_group, kh, kw] = self.base.weight.lazy_shape().dims();
+        Geometry::Conv {
+            c_in: c_in_per_group * self.base.groups,
+            c_out,
+            kernel: [kh, kw],
+            groups: self.base.groups,
+        }
     }
 }
+
+impl<B: Backend> AdaptableLayer<B> for LoraConv2d<B> {
+    fn info(&self, path: String) -> LayerInfo {
+        LayerInfo {
+            path,
+            geometry: self.geometry(),
+            base_bias: self.base.bias.is_some(),
+            unsupported: (self.base.groups != 1)
+                .then(|| format!("grouped convolution (groups = {})", self.base.groups)),
+            adapters: self.metas.clone(),
+        }
+    }
+
+    type Adapter = ConvAdapter<B>;
+
+    fn parts(&self) -> (&Vec<ConvAdapter<B>>, &Vec<AdapterMeta>) {
+        (&self.adapters, &self.metas)
+    }
+
+    fn parts_mut(&mut self) -> (&mut Vec<ConvAdapter<B>>, &mut Vec<AdapterMeta>) {
+        (&mut self.adapters, &mut self.metas)
+    }
+
+    fn push_adapter(
+        &mut self,
+        meta: AdapterMeta,
+        config: &LoraConfig,
+        factors: Option<&LayerFactors>,
+    ) {
+        let Geometry::Conv {
+            c_in,
+            c_out,
+            kernel,
+            ..
+        } = self.geometry()
+        else {
+            unreachable!("a Conv2d has a Conv geometry")
+        };
+        let device = self.base.weight.lazy_device();
+        let mut down = Conv2dConfig::new([c_in, meta.rank], kernel)
+            .with_stride(self.base.stride)
+            .with_padding(self.base.padding.clone())
+            .with_dilation(self.base.dilation)
+            .with_bias(false)
+            .init(&device);
+        let mut up = Conv2dConfig::new([meta.rank, c_out], [1, 1])
+            .with_bias(meta.bias)
+            .with_initializer(Initializer::Zeros)
+            .init(&device);
+        if let Some(f) = factors {
+            // Burn's Conv2d layout is PyTorch's: `[out, in, kh, kw]`.
+            down.weight = Param::from_tensor(factor_tensor::<B, 4>(&f.down, &device));
+            up.weight = Param::from_tensor(factor_tensor::<B, 4>(&f.up, &device));
+            up.bias = f
+                .up_bias
+                .as_ref()
+                .map(|b| Param::from_tensor(factor_tensor::<B, 1>(b, &device)));
+        }
+        match_base_dtype(
+            &mut down.weight,
+            &mut up.weight,
+            &mut up.bias,
+            &self.base.weight,
+        );
+        let dropout = DropoutConfig::new(config.dropout).init();
+        self.push(ConvAdapter { down, up, dropout }, meta);
+    }
+
+    fn factors(&self, index: usize) -> LayerFactors {
+        let adapter = &self.adapters[index];
+        LayerFactors {
+            down: adapter.down.weight.val().into_data(),
+            up: adapter.up.weight.val().into_data(),
+            up_bias: adapter.up.bias.as_ref().map(|b| b.val().into_data()),
+            alpha: self.metas[index].alpha,
+            source: None,
+        }
+    }
+
+    fn fold(&mut self, index: usize, sign: f64) {
+        let adapter = &self.adapters[index];
+        let scale = sign * self.metas[index].scale();
+        let [r, c_in, kh, kw] = adapter.down.weight.val().dims();
+        let [c_out, ..] = adapter.up.weight.val().dims();
+        let down = adapter.down.weight.val().reshape([r, c_in * kh * kw]);
+        let up = adapter.up.weight.val().reshape([c_out, r]);
+        let delta = up.matmul(down).reshape([c_out, c_in, kh, kw]).detach() * scale;
+        let up_bias = adapter.up.bias.as_ref();
+        fold_into(
+            &mut self.base.weight,
+            &mut self.base.bias,
+            delta,
+            up_bias,
+            scale,
+        );
+    }
+}
+
+crate::module_impl::adaptable_module!(LoraConv2d, Conv2d, ConvAdapter);

@@ -1,32 +1,43 @@
 //! LoRA (low-rank adaptation) for Burn `Linear` and `Conv2d` layers.
 //!
-//! `y = base(x) + scale * up(down(x))`, `scale = alpha / rank`; the factors are real `Linear` /
-//! `Conv2d` modules (so PyTorch <-> Burn adapters transpose them like any layer), `down` starts
-//! random and `up` at zero, so a fresh adapter leaves the model unchanged. Conv factors follow the
-//! kohya / peft layout: down `[r, in, kh, kw]` (the base's kernel, stride and padding), up
-//! `[out, r, 1, 1]`. Adapters merge into the base weights (and unmerge).
-//!
-//! Status ([lora] issue): the adapter layers and merge are here; injection by module path into the
-//! UNet, several adapters with a switch, and the peft / kohya file formats are still to come.
+//! * **Layers.** [`LoraLinear`] / [`LoraConv2d`] wrap a base layer and carry any number of named
+//!   adapters: `y = base(x) + sum_a (alpha_a / r_a) * up_a(down_a(dropout(x)))` over the active,
+//!   unmerged ones. The factors are real `Linear` / `Conv2d` modules; conv factors follow the
+//!   kohya / peft layout (down `[r, in, kh, kw]` with the base's kernel, stride, padding and
+//!   dilation; up `[out, r, 1, 1]`). Without adapters the layer is exactly its base, with the
+//!   base's parameter paths, so models built from these layers load ordinary checkpoints.
+//! * **Operations on any module** built from those layers ([`describe`], [`plan`], [`inject`],
+//!   [`set_active`], [`merge`], [`unmerge`], [`remove`], [`export`], [`import`]), selecting layers
+//!   by dotted module path ([`TargetSelector`]: peft-style names such as [`LCM_LORA_TARGETS`],
+//!   plus include / exclude regexes). Injection starts `up` at zero (the model is unchanged) and
+//!   freezes every other parameter. See `session.rs` for how this reaches layers in a statically
+//!   typed module tree.
+//! * **Formats** ([`formats`]): peft / diffusers and kohya keys over backend-free
+//!   [`LoraWeights`]; the safetensors files themselves are read and written by
+//!   `cm_models::lora_file`.
 
+mod adapter;
+mod config;
 mod conv;
+mod error;
+mod factors;
+pub mod formats;
 mod linear;
+mod module_impl;
+mod ops;
+mod session;
+mod targets;
+mod weights;
 
-pub use conv::LoraConv2d;
-pub use linear::LoraLinear;
-
-/// Rank, alpha and bias options of an adapter.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LoraConfig {
-    /// Rank `r`.
-    pub rank: usize,
-    /// `alpha`; the update is scaled by `alpha / rank`.
-    pub alpha: f64,
-}
-
-impl LoraConfig {
-    /// `alpha / rank`.
-    pub fn scale(&self) -> f64 {
-        self.alpha / self.rank as f64
-    }
-}
+pub use adapter::{AdapterMeta, LayerInfo};
+pub use config::LoraConfig;
+pub use conv::{ConvAdapter, LoraConv2d};
+pub use error::LoraError;
+pub use formats::LoraFormat;
+pub use linear::{LinearAdapter, LoraLinear};
+pub use ops::{
+    adapter_names, check_weights, describe, export, import, inject, merge, plan, remove,
+    set_active, unmerge, ImportReport, InjectReport,
+};
+pub use targets::{TargetSelector, ATTENTION_TARGETS, LCM_LORA_TARGETS};
+pub use weights::{Factor, Geometry, LayerFactors, LoraWeights};

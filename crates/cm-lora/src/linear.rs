@@ -1,62 +1,168 @@
-//! LoRA on a `Linear` layer.
+//! `LoraLinear`: a `Linear` layer that can carry any number of named LoRA adapters.
 
 use burn::module::{Module, Param};
-use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use crate::LoraConfig;
+use crate::adapter::{AdaptableLayer, AdapterMeta, LayerInfo};
+use crate::factors::{factor_tensor, fold_into, match_base_dtype};
+use crate::{Geometry, LayerFactors, LoraConfig};
 
-/// A `Linear` with a low-rank update `scale * up(down(x))`.
+/// The factors of one adapter on a [`LoraLinear`]: `in -> r -> out`.
 #[derive(Module, Debug)]
+pub struct LinearAdapter<B: Backend> {
+    /// `in -> r`, no bias (peft `lora_A`, kohya `lora_down`); random at init.
+    pub down: Linear<B>,
+    /// `r -> out` (peft `lora_B`, kohya `lora_up`); zero at init.
+    pub up: Linear<B>,
+    /// Dropout on the adapter's input.
+    pub dropout: Dropout,
+}
+
+/// A `Linear` with optional LoRA adapters: `y = base(x) + sum_a scale_a * up_a(down_a(x))` over
+/// the active, unmerged adapters. Without adapters it is exactly `base`.
+///
+/// Its parameter paths are the base's (`<path>.weight`, `<path>.bias`), so checkpoints load as for
+/// a plain `Linear`; adapter factors live under `<path>.lora.<i>.{down,up}`.
+#[derive(Debug, Clone)]
 pub struct LoraLinear<B: Backend> {
-    /// The frozen base layer.
+    /// The base layer (frozen once an adapter is injected).
     pub base: Linear<B>,
-    /// `in -> r`, no bias (peft `lora_A`, kohya `lora_down`).
-    pub lora_down: Linear<B>,
-    /// `r -> out`, no bias, zero at init (peft `lora_B`, kohya `lora_up`).
-    pub lora_up: Linear<B>,
-    /// `alpha / rank`.
-    pub scale: f64,
+    /// Adapter factors, parallel to [`Self::metas`].
+    pub adapters: Vec<LinearAdapter<B>>,
+    pub(crate) metas: Vec<AdapterMeta>,
+}
+
+impl<B: Backend> From<Linear<B>> for LoraLinear<B> {
+    fn from(base: Linear<B>) -> Self {
+        Self {
+            base,
+            adapters: Vec::new(),
+            metas: Vec::new(),
+        }
+    }
 }
 
 impl<B: Backend> LoraLinear<B> {
-    /// Wraps `base`; the base parameters stop requiring gradients.
-    pub fn new(base: Linear<B>, config: LoraConfig, device: &B::Device) -> Self {
-        let [d_in, d_out] = base.weight.dims();
-        Self {
-            base: base.no_grad(),
-            lora_down: LinearConfig::new(d_in, config.rank)
-                .with_bias(false)
-                .init(device),
-            lora_up: LinearConfig::new(config.rank, d_out)
-                .with_bias(false)
-                .with_initializer(Initializer::Zeros)
-                .init(device),
-            scale: config.scale(),
-        }
+    /// A `Linear(d_in -> d_out)` without adapters.
+    pub fn new(config: &LinearConfig, device: &B::Device) -> Self {
+        config.init(device).into()
+    }
+
+    /// Adapters on this layer, in insertion order.
+    pub fn adapter_metas(&self) -> &[AdapterMeta] {
+        &self.metas
     }
 
     /// # Shapes
     /// `[..., in]` -> `[..., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        self.base.forward(x.clone()) + self.lora_up.forward(self.lora_down.forward(x)) * self.scale
+        let mut y = self.base.forward(x.clone());
+        for (adapter, meta) in self.adapters.iter().zip(&self.metas) {
+            if meta.adds_output() {
+                let update = adapter
+                    .up
+                    .forward(adapter.down.forward(adapter.dropout.forward(x.clone())));
+                y = y + update * meta.scale();
+            }
+        }
+        y
     }
 
-    /// The weight update `scale * down @ up` in Burn's `[in, out]` layout.
-    pub fn delta(&self) -> Tensor<B, 2> {
-        self.lora_down
-            .weight
-            .val()
-            .matmul(self.lora_up.weight.val())
-            * self.scale
-    }
-
-    /// The base layer with the update folded into its weight.
-    pub fn merge(&self) -> Linear<B> {
-        let mut merged = self.base.clone();
-        merged.weight =
-            Param::from_tensor(self.base.weight.val() + self.delta()).set_require_grad(false);
-        merged
+    fn geometry(&self) -> Geometry {
+        let [d_in, d_out] = self.base.weight.lazy_shape().dims();
+        Geometry::Linear { d_in, d_out }
     }
 }
+
+impl<B: Backend> AdaptableLayer<B> for LoraLinear<B> {
+    fn info(&self, path: String) -> LayerInfo {
+        LayerInfo {
+            path,
+            geometry: self.geometry(),
+            base_bias: self.base.bias.is_some(),
+            unsupported: None,
+            adapters: self.metas.clone(),
+        }
+    }
+
+    type Adapter = LinearAdapter<B>;
+
+    fn parts(&self) -> (&Vec<LinearAdapter<B>>, &Vec<AdapterMeta>) {
+        (&self.adapters, &self.metas)
+    }
+
+    fn parts_mut(&mut self) -> (&mut Vec<LinearAdapter<B>>, &mut Vec<AdapterMeta>) {
+        (&mut self.adapters, &mut self.metas)
+    }
+
+    fn push_adapter(
+        &mut self,
+        meta: AdapterMeta,
+        config: &LoraConfig,
+        factors: Option<&LayerFactors>,
+    ) {
+        let Geometry::Linear { d_in, d_out } = self.geometry() else {
+            unreachable!("a Linear has a Linear geometry")
+        };
+        let device = self.base.weight.lazy_device();
+        let mut down = LinearConfig::new(d_in, meta.rank)
+            .with_bias(false)
+            .init(&device);
+        let mut up = LinearConfig::new(meta.rank, d_out)
+            .with_bias(meta.bias)
+            .with_initializer(Initializer::Zeros)
+            .init(&device);
+        if let Some(f) = factors {
+            // Burn's Linear stores `[in, out]`: the transpose of the file's `[out, in]`.
+            down.weight = Param::from_tensor(factor_tensor::<B, 2>(&f.down, &device).transpose());
+            up.weight = Param::from_tensor(factor_tensor::<B, 2>(&f.up, &device).transpose());
+            up.bias = f
+                .up_bias
+                .as_ref()
+                .map(|b| Param::from_tensor(factor_tensor::<B, 1>(b, &device)));
+        }
+        match_base_dtype(
+            &mut down.weight,
+            &mut up.weight,
+            &mut up.bias,
+            &self.base.weight,
+        );
+        let dropout = DropoutConfig::new(config.dropout).init();
+        self.push(LinearAdapter { down, up, dropout }, meta);
+    }
+
+    fn factors(&self, index: usize) -> LayerFactors {
+        let adapter = &self.adapters[index];
+        LayerFactors {
+            down: adapter.down.weight.val().transpose().into_data(),
+            up: adapter.up.weight.val().transpose().into_data(),
+            up_bias: adapter.up.bias.as_ref().map(|b| b.val().into_data()),
+            alpha: self.metas[index].alpha,
+            source: None,
+        }
+    }
+
+    fn fold(&mut self, index: usize, sign: f64) {
+        let adapter = &self.adapters[index];
+        let scale = sign * self.metas[index].scale();
+        let delta = adapter
+            .down
+            .weight
+            .val()
+            .matmul(adapter.up.weight.val())
+            .detach()
+            * scale;
+        let up_bias = adapter.up.bias.as_ref();
+        fold_into(
+            &mut self.base.weight,
+            &mut self.base.bias,
+            delta,
+            up_bias,
+            scale,
+        );
+    }
+}
+
+crate::module_impl::adaptable_module!(LoraLinear, Linear, LinearAdapter);

@@ -106,6 +106,14 @@ pub enum ModelError {
         message: String,
     },
 
+    /// A LoRA file that does not fit the model (or is malformed); the source names the key.
+    #[error("{path}: {error}")]
+    Lora {
+        /// The LoRA file.
+        path: PathBuf,
+        /// What is wrong with it (part of the message, so not repeated as a `source`).
+        error: cm_lora::LoraError,
+    },
     /// An input to a forward pass has the wrong shape or value.
     #[error("invalid input: {0}")]
     InvalidInput(String),

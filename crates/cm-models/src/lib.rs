@@ -4,6 +4,7 @@
 //! - [`unet`]: `UNet2DConditionModel`; [`vae`]: `AutoencoderKL`; [`nn`]: their shared blocks.
 //! - [`pipeline`]: a whole diffusers Stable Diffusion folder; [`image_io`]: PNG output.
 //! - [`weights`]: safetensors loading with key remapping, dtype casts and a load report.
+//! - [`lora_file`]: LoRA files (peft / diffusers, kohya) into and out of any model.
 //! - [`config_json`]: typed configs read from diffusers / transformers `config.json` files.
 //!
 //! Every model is generic over the Burn backend `B`; binaries pick the backend.
@@ -14,6 +15,7 @@ pub mod component;
 pub mod config_json;
 pub mod error;
 pub mod image_io;
+pub mod lora_file;
 pub mod nn;
 pub mod pipeline;
 pub mod safetensors_io;

@@ -82,7 +82,7 @@ fn fp16_variant_loads_and_casts() {
     std::fs::copy(te, dir.join("text_encoder/model.fp16.safetensors")).unwrap();
     let sd = StableDiffusion::<B>::load(&dir, options, &device()).unwrap();
     assert!(sd.reports.iter().all(|r| r.file_dtypes.contains_key("F16")));
-    assert_eq!(sd.unet.conv_in.weight.val().dtype(), DType::F32);
+    assert_eq!(sd.unet.conv_in.base.weight.val().dtype(), DType::F32);
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

@@ -72,7 +72,7 @@ fn fp16_unet_file_loads_into_f32_module() {
     )
     .unwrap();
     assert!(report.file_dtypes.contains_key("F16"), "{report}");
-    assert_eq!(unet.conv_in.weight.val().dtype(), DType::F32);
+    assert_eq!(unet.conv_in.base.weight.val().dtype(), DType::F32);
     let (ours, reference) = run(&unet, "unet.safetensors", false);
     let error = relative_error(&ours, &reference);
     assert!(error < 2e-2, "fp16-weight UNet rel. error {error}");

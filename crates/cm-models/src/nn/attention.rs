@@ -4,11 +4,12 @@
 //! one head, residual connection, spatial input).
 
 use burn::module::Module;
-use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig};
+use burn::nn::{GroupNorm, GroupNormConfig, LinearConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::Tensor;
+use cm_lora::LoraLinear;
 
 /// Hyper-parameters of an [`Attention`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -33,14 +34,14 @@ pub struct Attention<B: Backend> {
     /// Optional input GroupNorm (VAE mid-block).
     pub group_norm: Option<GroupNorm<B>>,
     /// Query projection.
-    pub to_q: Linear<B>,
+    pub to_q: LoraLinear<B>,
     /// Key projection.
-    pub to_k: Linear<B>,
+    pub to_k: LoraLinear<B>,
     /// Value projection.
-    pub to_v: Linear<B>,
+    pub to_v: LoraLinear<B>,
     /// `[Linear]`: diffusers' `to_out` is `ModuleList([Linear, Dropout])`; the dropout has no
     /// parameters, so the key stays `to_out.0`.
-    pub to_out: Vec<Linear<B>>,
+    pub to_out: Vec<LoraLinear<B>>,
     /// Number of heads.
     pub heads: usize,
 }
@@ -50,7 +51,7 @@ impl AttentionConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Attention<B> {
         let inner = self.heads * self.dim_head;
         let kv_dim = self.cross_attention_dim.unwrap_or(self.query_dim);
-        let proj = |i, o, bias| LinearConfig::new(i, o).with_bias(bias).init(device);
+        let proj = |i, o, bias| LoraLinear::new(&LinearConfig::new(i, o).with_bias(bias), device);
         Attention {
             group_norm: self.group_norm.map(|(groups, eps)| {
                 GroupNormConfig::new(groups, self.query_dim)

@@ -3,10 +3,11 @@
 //! guidance-scale input of LCM-style students, `time_cond_proj_dim`).
 
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::LinearConfig;
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use cm_lora::LoraLinear;
 
 /// Sinusoidal embedding of (possibly fractional) timesteps, equal to diffusers'
 /// `get_timestep_embedding(t, dim, flip_sin_to_cos, downscale_freq_shift, scale=1, max_period=1e4)`.
@@ -70,11 +71,11 @@ pub struct TimestepEmbeddingConfig {
 #[derive(Module, Debug)]
 pub struct TimestepEmbedding<B: Backend> {
     /// Bias-free projection of the condition (guidance embedding) added to the input.
-    pub cond_proj: Option<Linear<B>>,
+    pub cond_proj: Option<LoraLinear<B>>,
     /// First layer.
-    pub linear_1: Linear<B>,
+    pub linear_1: LoraLinear<B>,
     /// Second layer.
-    pub linear_2: Linear<B>,
+    pub linear_2: LoraLinear<B>,
 }
 
 impl TimestepEmbeddingConfig {
@@ -85,9 +86,16 @@ impl TimestepEmbeddingConfig {
                 LinearConfig::new(d, self.in_channels)
                     .with_bias(false)
                     .init(device)
+                    .into()
             }),
-            linear_1: LinearConfig::new(self.in_channels, self.time_embed_dim).init(device),
-            linear_2: LinearConfig::new(self.time_embed_dim, self.time_embed_dim).init(device),
+            linear_1: LoraLinear::new(
+                &LinearConfig::new(self.in_channels, self.time_embed_dim),
+                device,
+            ),
+            linear_2: LoraLinear::new(
+                &LinearConfig::new(self.time_embed_dim, self.time_embed_dim),
+                device,
+            ),
         }
     }
 }

@@ -17,9 +17,10 @@ pub use transformer_2d::{
     Transformer2DModelConfig,
 };
 
-use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::conv::Conv2dConfig;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::backend::Backend;
+use cm_lora::LoraConv2d;
 
 /// A `k x k` convolution with stride 1 and "same" padding `k / 2` (diffusers' conv3x3 / conv1x1).
 pub fn conv2d<B: Backend>(
@@ -27,9 +28,10 @@ pub fn conv2d<B: Backend>(
     channels_out: usize,
     kernel: usize,
     device: &B::Device,
-) -> Conv2d<B> {
+) -> LoraConv2d<B> {
     let pad = kernel / 2;
     Conv2dConfig::new([channels_in, channels_out], [kernel, kernel])
         .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
         .init(device)
+        .into()
 }

@@ -3,11 +3,11 @@
 //! 1x1 `conv_shortcut` when the channel count changes.
 
 use burn::module::Module;
-use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig};
+use burn::nn::{GroupNorm, GroupNormConfig, LinearConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use cm_lora::{LoraConv2d, LoraLinear};
 
 use super::conv2d;
 
@@ -34,15 +34,15 @@ pub struct ResnetBlock2D<B: Backend> {
     /// First norm.
     pub norm1: GroupNorm<B>,
     /// First 3x3 conv.
-    pub conv1: Conv2d<B>,
+    pub conv1: LoraConv2d<B>,
     /// Time embedding -> channel bias.
-    pub time_emb_proj: Option<Linear<B>>,
+    pub time_emb_proj: Option<LoraLinear<B>>,
     /// Second norm.
     pub norm2: GroupNorm<B>,
     /// Second 3x3 conv.
-    pub conv2: Conv2d<B>,
+    pub conv2: LoraConv2d<B>,
     /// 1x1 conv on the skip path when `in_channels != out_channels`.
-    pub conv_shortcut: Option<Conv2d<B>>,
+    pub conv_shortcut: Option<LoraConv2d<B>>,
     /// Output divisor.
     pub output_scale_factor: f64,
 }
@@ -60,7 +60,7 @@ impl ResnetBlock2DConfig {
             conv1: conv2d(self.in_channels, self.out_channels, 3, device),
             time_emb_proj: self
                 .temb_channels
-                .map(|t| LinearConfig::new(t, self.out_channels).init(device)),
+                .map(|t| LoraLinear::new(&LinearConfig::new(t, self.out_channels), device)),
             norm2: norm(self.out_channels),
             conv2: conv2d(self.out_channels, self.out_channels, 3, device),
             conv_shortcut: (self.in_channels != self.out_channels)

@@ -2,12 +2,13 @@
 //! `models/upsampling.py`).
 
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::conv::Conv2dConfig;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::Tensor;
+use cm_lora::LoraConv2d;
 
 use super::conv2d;
 
@@ -16,7 +17,7 @@ use super::conv2d;
 #[derive(Module, Debug)]
 pub struct Downsample2D<B: Backend> {
     /// The strided convolution.
-    pub conv: Conv2d<B>,
+    pub conv: LoraConv2d<B>,
 }
 
 impl<B: Backend> Downsample2D<B> {
@@ -31,7 +32,8 @@ impl<B: Backend> Downsample2D<B> {
             conv: Conv2dConfig::new([channels, out_channels], [3, 3])
                 .with_stride([2, 2])
                 .with_padding(pad)
-                .init(device),
+                .init(device)
+                .into(),
         }
     }
 
@@ -46,7 +48,7 @@ impl<B: Backend> Downsample2D<B> {
 #[derive(Module, Debug)]
 pub struct Upsample2D<B: Backend> {
     /// The convolution after upsampling.
-    pub conv: Conv2d<B>,
+    pub conv: LoraConv2d<B>,
 }
 
 impl<B: Backend> Upsample2D<B> {

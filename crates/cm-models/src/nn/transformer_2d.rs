@@ -4,14 +4,13 @@
 //! a GEGLU feed-forward, `proj_out`, residual.
 
 use burn::module::Module;
-use burn::nn::conv::Conv2d;
 use burn::nn::{
-    Dropout, DropoutConfig, GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear,
-    LinearConfig,
+    Dropout, DropoutConfig, GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, LinearConfig,
 };
 use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use cm_lora::{LoraConv2d, LoraLinear};
 
 use super::attention::{Attention, AttentionConfig};
 use super::conv2d;
@@ -20,7 +19,7 @@ use super::conv2d;
 #[derive(Module, Debug)]
 pub struct Geglu<B: Backend> {
     /// `dim -> 2 * inner`.
-    pub proj: Linear<B>,
+    pub proj: LoraLinear<B>,
 }
 
 /// One entry of diffusers' `FeedForward.net` (`ModuleList([GEGLU, Dropout, Linear])`). An enum so
@@ -33,7 +32,7 @@ pub enum FeedForwardLayer<B: Backend> {
     /// `net.1` (no parameters; identity at inference).
     Dropout(Dropout),
     /// `net.2`.
-    Linear(Linear<B>),
+    Linear(LoraLinear<B>),
 }
 
 /// `FeedForward` with the GEGLU activation (mult 4).
@@ -49,10 +48,10 @@ impl<B: Backend> FeedForward<B> {
         Self {
             net: vec![
                 FeedForwardLayer::Geglu(Geglu {
-                    proj: LinearConfig::new(dim, 2 * inner).init(device),
+                    proj: LoraLinear::new(&LinearConfig::new(dim, 2 * inner), device),
                 }),
                 FeedForwardLayer::Dropout(DropoutConfig::new(0.0).init()),
-                FeedForwardLayer::Linear(LinearConfig::new(inner, dim).init(device)),
+                FeedForwardLayer::Linear(LoraLinear::new(&LinearConfig::new(inner, dim), device)),
             ],
         }
     }
@@ -128,9 +127,9 @@ pub struct Transformer2DModelConfig {
 #[derive(Module, Debug)]
 pub enum Projection<B: Backend> {
     /// 1x1 convolution on the spatial map.
-    Conv(Conv2d<B>),
+    Conv(LoraConv2d<B>),
     /// Linear on tokens.
-    Linear(Linear<B>),
+    Linear(LoraLinear<B>),
 }
 
 /// `Transformer2DModel` for continuous (latent) input.
@@ -152,7 +151,7 @@ impl Transformer2DModelConfig {
         let inner = self.heads * self.dim_head;
         let projection = |i, o| {
             if self.use_linear_projection {
-                Projection::Linear(LinearConfig::new(i, o).init(device))
+                Projection::Linear(LoraLinear::new(&LinearConfig::new(i, o), device))
             } else {
                 Projection::Conv(conv2d(i, o, 1, device))
             }

@@ -2,11 +2,11 @@
 //! with the optional `time_cond_proj_dim` guidance-embedding input of LCM-style students.
 
 use burn::module::Module;
-use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use cm_lora::LoraConv2d;
 
 use super::blocks::{BlockSettings, DownBlock, DownBlockSpec, MidBlock, UpBlock, UpBlockSpec};
 use super::config::UNetConfig;
@@ -17,7 +17,7 @@ use crate::nn::{conv2d, timestep_embedding, TimestepEmbedding, TimestepEmbedding
 #[derive(Module, Debug)]
 pub struct UNet2DConditionModel<B: Backend> {
     /// Latents -> `block_out_channels[0]`.
-    pub conv_in: Conv2d<B>,
+    pub conv_in: LoraConv2d<B>,
     /// Timestep MLP (with `cond_proj` when `time_cond_proj_dim` is set).
     pub time_embedding: TimestepEmbedding<B>,
     /// Encoder levels.
@@ -29,7 +29,7 @@ pub struct UNet2DConditionModel<B: Backend> {
     /// Output GroupNorm.
     pub conv_norm_out: GroupNorm<B>,
     /// `block_out_channels[0]` -> latents.
-    pub conv_out: Conv2d<B>,
+    pub conv_out: LoraConv2d<B>,
     /// Sinusoid width (`block_out_channels[0]`).
     pub time_proj_dim: usize,
     /// `flip_sin_to_cos` of the sinusoid.
@@ -207,7 +207,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         cond: Option<&Tensor<B, 2>>,
     ) -> Result<()> {
         let [batch, channels, _, _] = sample.dims();
-        let expected_channels = self.conv_in.weight.dims()[1];
+        let expected_channels = self.conv_in.base.weight.dims()[1];
         if channels != expected_channels {
             return Err(ModelError::InvalidInput(format!(
                 "UNet sample has {channels} channels; the model expects {expected_channels}"
@@ -224,7 +224,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
             .down_blocks
             .iter()
             .find_map(|b| b.attentions.first())
-            .map(|a| a.transformer_blocks[0].attn2.to_k.weight.dims()[0]);
+            .map(|a| a.transformer_blocks[0].attn2.to_k.base.weight.dims()[0]);
         if cb != batch || expected_dim.is_some_and(|d| d != cd) {
             return Err(ModelError::InvalidInput(format!(
                 "encoder_hidden_states is [{cb}, _, {cd}]; expected batch {batch} and width {}",

@@ -2,11 +2,11 @@
 //! diagonal Gaussian over latents, decoder back to images.
 
 use burn::module::Module;
-use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
+use cm_lora::LoraConv2d;
 
 use super::config::VaeConfig;
 use crate::error::{ModelError, Result};
@@ -46,7 +46,7 @@ pub struct VaeMidBlock<B: Backend> {
 #[derive(Module, Debug)]
 pub struct Encoder<B: Backend> {
     /// Image -> `block_out_channels[0]`.
-    pub conv_in: Conv2d<B>,
+    pub conv_in: LoraConv2d<B>,
     /// Levels.
     pub down_blocks: Vec<DownEncoderBlock2D<B>>,
     /// Bottleneck.
@@ -54,14 +54,14 @@ pub struct Encoder<B: Backend> {
     /// Output norm.
     pub conv_norm_out: GroupNorm<B>,
     /// -> `2 * latent_channels` (mean and log-variance).
-    pub conv_out: Conv2d<B>,
+    pub conv_out: LoraConv2d<B>,
 }
 
 /// The decoder.
 #[derive(Module, Debug)]
 pub struct Decoder<B: Backend> {
     /// Latents -> `block_out_channels[-1]`.
-    pub conv_in: Conv2d<B>,
+    pub conv_in: LoraConv2d<B>,
     /// Bottleneck.
     pub mid_block: VaeMidBlock<B>,
     /// Levels (reversed channels).
@@ -69,7 +69,7 @@ pub struct Decoder<B: Backend> {
     /// Output norm.
     pub conv_norm_out: GroupNorm<B>,
     /// -> image channels.
-    pub conv_out: Conv2d<B>,
+    pub conv_out: LoraConv2d<B>,
 }
 
 /// `AutoencoderKL`.
@@ -80,9 +80,9 @@ pub struct AutoencoderKL<B: Backend> {
     /// Latents -> image.
     pub decoder: Decoder<B>,
     /// 1x1 conv on the moments.
-    pub quant_conv: Option<Conv2d<B>>,
+    pub quant_conv: Option<LoraConv2d<B>>,
     /// 1x1 conv on the latents before decoding.
-    pub post_quant_conv: Option<Conv2d<B>>,
+    pub post_quant_conv: Option<LoraConv2d<B>>,
     /// Latent scale (0.18215 for SD1.5).
     pub scaling_factor: f64,
 }

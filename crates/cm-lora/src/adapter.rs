@@ -1,0 +1,106 @@
+//! What every adaptable layer shares: adapter bookkeeping, and the trait through which the
+//! traversal in `session` reads and changes a layer without knowing its kind.
+
+use burn::tensor::backend::Backend;
+
+use crate::{Geometry, LayerFactors, LoraConfig};
+
+/// Name and state of one adapter on one layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterMeta {
+    /// Adapter name (`"cd"`, `"ct"`, ...); the same name on every layer it touches.
+    pub name: String,
+    /// Rank `r`.
+    pub rank: usize,
+    /// `alpha`; the update is scaled by `alpha / r`.
+    pub alpha: f64,
+    /// Whether `up` has a bias.
+    pub bias: bool,
+    /// Whether the adapter contributes to the forward pass.
+    pub active: bool,
+    /// Whether the update is folded into the base weights (the adapter then adds nothing itself).
+    pub merged: bool,
+}
+
+impl AdapterMeta {
+    pub(crate) fn new(name: &str, config: &LoraConfig) -> Self {
+        Self {
+            name: name.to_string(),
+            rank: config.rank,
+            alpha: config.alpha,
+            bias: config.bias,
+            active: true,
+            merged: false,
+        }
+    }
+
+    /// `alpha / rank`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    /// Whether the forward pass must add this adapter's own output.
+    pub fn adds_output(&self) -> bool {
+        self.active && !self.merged
+    }
+}
+
+/// One adaptable layer as the traversal sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerInfo {
+    /// Dotted module path.
+    pub path: String,
+    /// Shape of the base layer.
+    pub geometry: Geometry,
+    /// Whether the base layer has a bias (a biased adapter can only merge into one that has).
+    pub base_bias: bool,
+    /// Stride / dilation / groups problems that rule out adapters, if any.
+    pub unsupported: Option<String>,
+    /// Adapters on the layer, in insertion order.
+    pub adapters: Vec<AdapterMeta>,
+}
+
+/// Implemented by [`crate::LoraLinear`] and [`crate::LoraConv2d`].
+pub(crate) trait AdaptableLayer<B: Backend> {
+    /// The factor module of one adapter.
+    type Adapter;
+    /// The adapters and their metadata (parallel vectors).
+    fn parts(&self) -> (&Vec<Self::Adapter>, &Vec<AdapterMeta>);
+    fn parts_mut(&mut self) -> (&mut Vec<Self::Adapter>, &mut Vec<AdapterMeta>);
+    fn info(&self, path: String) -> LayerInfo;
+    /// Adds an adapter: random `down` and zero `up`, or the given factors (already checked).
+    fn push_adapter(
+        &mut self,
+        meta: AdapterMeta,
+        config: &LoraConfig,
+        factors: Option<&LayerFactors>,
+    );
+    /// The adapter's factors in PyTorch layout.
+    fn factors(&self, index: usize) -> LayerFactors;
+    /// `base += sign * scale * delta` (merge with +1, unmerge with -1).
+    fn fold(&mut self, index: usize, sign: f64);
+
+    fn metas(&self) -> &[AdapterMeta] {
+        self.parts().1
+    }
+
+    fn metas_mut(&mut self) -> &mut Vec<AdapterMeta> {
+        self.parts_mut().1
+    }
+
+    fn push(&mut self, adapter: Self::Adapter, meta: AdapterMeta) {
+        let (adapters, metas) = self.parts_mut();
+        adapters.push(adapter);
+        metas.push(meta);
+    }
+
+    fn remove_adapter(&mut self, index: usize) {
+        let (adapters, metas) = self.parts_mut();
+        adapters.remove(index);
+        metas.remove(index);
+    }
+
+    fn index_of(&self, name: &str) -> Option<usize> {
+        self.metas().iter().position(|m| m.name == name)
+    }
+}
