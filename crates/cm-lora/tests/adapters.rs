@@ -1,10 +1,11 @@
 //! Adapters on a toy module tree (structs, `Option`, `Vec`, an enum): paths, injection, switching,
-//! merge / unmerge, export / import, freezing and gradients.
+//! merge / unmerge, export / import, freezing, gradients and an optimizer step.
 
 use burn::backend::Autodiff;
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{LinearConfig, PaddingConfig2d};
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use cm_lora::{
@@ -363,6 +364,18 @@ fn only_adapter_factors_receive_gradients() {
     assert!(
         model.to_out[0].base.weight.grad(&grads).is_none(),
         "non-target frozen"
+    );
+
+    // One Adam step moves the factors and nothing else.
+    let base_before = model.block.to_q.base.weight.val().into_data();
+    let up_before = model.block.to_q.adapters[0].up.weight.val().into_data();
+    let grads = GradientsParams::from_grads(grads, &model);
+    let mut optimizer = AdamConfig::new().init::<AD, Toy<AD>>();
+    let model = optimizer.step(1e-2, model, grads);
+    assert_eq!(model.block.to_q.base.weight.val().into_data(), base_before);
+    assert_ne!(
+        model.block.to_q.adapters[0].up.weight.val().into_data(),
+        up_before
     );
 }
 
