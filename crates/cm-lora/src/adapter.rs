@@ -60,13 +60,17 @@ pub struct LayerInfo {
     pub adapters: Vec<AdapterMeta>,
 }
 
-/// Implemented by [`crate::LoraLinear`] and [`crate::LoraConv2d`].
-pub(crate) trait AdaptableLayer<B: Backend> {
+/// The adapters of a layer and their metadata, as parallel vectors (implemented by the
+/// `adaptable_module!` macro).
+pub(crate) trait AdapterStore {
     /// The factor module of one adapter.
     type Adapter;
-    /// The adapters and their metadata (parallel vectors).
     fn parts(&self) -> (&Vec<Self::Adapter>, &Vec<AdapterMeta>);
     fn parts_mut(&mut self) -> (&mut Vec<Self::Adapter>, &mut Vec<AdapterMeta>);
+}
+
+/// Implemented by [`crate::LoraLinear`] and [`crate::LoraConv2d`].
+pub(crate) trait AdaptableLayer<B: Backend>: AdapterStore {
     fn info(&self, path: String) -> LayerInfo;
     /// Adds an adapter: random `down` and zero `up`, or the given factors (already checked).
     fn push_adapter(

@@ -92,16 +92,6 @@ impl<B: Backend> AdaptableLayer<B> for LoraConv2d<B> {
         }
     }
 
-    type Adapter = ConvAdapter<B>;
-
-    fn parts(&self) -> (&Vec<ConvAdapter<B>>, &Vec<AdapterMeta>) {
-        (&self.adapters, &self.metas)
-    }
-
-    fn parts_mut(&mut self) -> (&mut Vec<ConvAdapter<B>>, &mut Vec<AdapterMeta>) {
-        (&mut self.adapters, &mut self.metas)
-    }
-
     fn push_adapter(
         &mut self,
         meta: AdapterMeta,

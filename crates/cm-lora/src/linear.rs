@@ -87,16 +87,6 @@ impl<B: Backend> AdaptableLayer<B> for LoraLinear<B> {
         }
     }
 
-    type Adapter = LinearAdapter<B>;
-
-    fn parts(&self) -> (&Vec<LinearAdapter<B>>, &Vec<AdapterMeta>) {
-        (&self.adapters, &self.metas)
-    }
-
-    fn parts_mut(&mut self) -> (&mut Vec<LinearAdapter<B>>, &mut Vec<AdapterMeta>) {
-        (&mut self.adapters, &mut self.metas)
-    }
-
     fn push_adapter(
         &mut self,
         meta: AdapterMeta,

@@ -12,6 +12,18 @@ pub(crate) const ADAPTERS_FIELD: &str = "lora";
 
 macro_rules! adaptable_module {
     ($layer:ident, $base:ident, $adapter:ident) => {
+        impl<B: Backend> crate::adapter::AdapterStore for $layer<B> {
+            type Adapter = $adapter<B>;
+
+            fn parts(&self) -> (&Vec<$adapter<B>>, &Vec<crate::AdapterMeta>) {
+                (&self.adapters, &self.metas)
+            }
+
+            fn parts_mut(&mut self) -> (&mut Vec<$adapter<B>>, &mut Vec<crate::AdapterMeta>) {
+                (&mut self.adapters, &mut self.metas)
+            }
+        }
+
         impl<B: Backend> burn::module::Module<B> for $layer<B> {
             type Record = (
                 <$base<B> as burn::module::Module<B>>::Record,
