@@ -2,6 +2,7 @@
 //! traversal in `session` reads and changes a layer without knowing its kind.
 
 use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
 
 use crate::{Geometry, LayerFactors, LoraConfig};
 
@@ -107,4 +108,24 @@ pub(crate) trait AdaptableLayer<B: Backend>: AdapterStore {
     fn index_of(&self, name: &str) -> Option<usize> {
         self.metas().iter().position(|m| m.name == name)
     }
+}
+
+/// The output `up(down(dropout(x)))` of one adapter, before scaling.
+pub(crate) trait AdapterUpdate<B: Backend, const D: usize> {
+    fn update(&self, x: Tensor<B, D>) -> Tensor<B, D>;
+}
+
+/// `y + sum_a scale_a * update_a(x)` over the active, unmerged adapters (the shared forward pass).
+pub(crate) fn add_updates<B: Backend, A: AdapterUpdate<B, D>, const D: usize>(
+    mut y: Tensor<B, D>,
+    x: Tensor<B, D>,
+    adapters: &[A],
+    metas: &[AdapterMeta],
+) -> Tensor<B, D> {
+    for (adapter, meta) in adapters.iter().zip(metas) {
+        if meta.adds_output() {
+            y = y + adapter.update(x.clone()) * meta.scale();
+        }
+    }
+    y
 }

@@ -6,7 +6,7 @@ use burn::nn::{Dropout, DropoutConfig, Initializer};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use crate::adapter::{AdaptableLayer, AdapterMeta, LayerInfo};
+use crate::adapter::{add_updates, AdaptableLayer, AdapterMeta, AdapterUpdate, LayerInfo};
 use crate::factors::{factor_tensor, fold_into, match_base_dtype};
 use crate::{Geometry, LayerFactors, LoraConfig};
 
@@ -20,6 +20,12 @@ pub struct ConvAdapter<B: Backend> {
     pub up: Conv2d<B>,
     /// Dropout on the adapter's input.
     pub dropout: Dropout,
+}
+
+impl<B: Backend> AdapterUpdate<B, 4> for ConvAdapter<B> {
+    fn update(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.up.forward(self.down.forward(self.dropout.forward(x)))
+    }
 }
 
 /// A `Conv2d` with optional LoRA adapters (see [`crate::LoraLinear`]); paths of the base
@@ -57,16 +63,7 @@ impl<B: Backend> LoraConv2d<B> {
     /// # Shapes
     /// `[batch, in, h, w]` -> `[batch, out, h', w']`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mut y = self.base.forward(x.clone());
-        for (adapter, meta) in self.adapters.iter().zip(&self.metas) {
-            if meta.adds_output() {
-                let update = adapter
-                    .up
-                    .forward(adapter.down.forward(adapter.dropout.forward(x.clone())));
-                y = y + update * meta.scale();
-            }
-        }
-        y
+        add_updates(self.base.forward(x.clone()), x, &self.adapters, &self.metas)
     }
 
     fn geometry(&self) -> Geometry {

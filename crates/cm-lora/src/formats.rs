@@ -243,9 +243,7 @@ pub fn from_peft(
     }
 
     // 2. Group the factor tensors by module path.
-    let mut downs = BTreeMap::new();
-    let mut ups = BTreeMap::new();
-    let mut biases = BTreeMap::new();
+    let mut groups = BTreeMap::new();
     for (key, data) in tensors {
         let rest = if let Some(rest) = key.strip_prefix(UNET_PREFIX) {
             rest
@@ -262,55 +260,121 @@ pub fn from_peft(
                 reason: format!("expected a `{UNET_PREFIX}` (or `{PEFT_MODEL_PREFIX}`) prefix"),
             });
         };
-        let (map, path) = if let Some(path) = rest.strip_suffix(".lora_A.weight") {
-            (&mut downs, path)
-        } else if let Some(path) = rest.strip_suffix(".lora_B.weight") {
-            (&mut ups, path)
-        } else if let Some(path) = rest.strip_suffix(".lora_B.bias") {
-            (&mut biases, path)
-        } else {
+        let Some((path, slot)) = PEFT_KEYS.split(rest) else {
             return Err(LoraError::KeyMismatch {
                 reason: "expected `.lora_A.weight`, `.lora_B.weight` or `.lora_B.bias` (DoRA, LoHa and attention-processor LoRAs are not supported)".into(),
                 key,
             });
         };
-        let source = key[..key.len() - (rest.len() - path.len())].to_string();
-        map.insert(path.to_string(), (source, data));
+        let prefix = key[..key.len() - (rest.len() - path.len())].to_string();
+        PEFT_KEYS.insert(&mut groups, path.to_string(), prefix, slot, data);
     }
 
-    // 3. Pair them.
-    let mut weights = LoraWeights::default();
-    for (path, (source, down)) in downs {
-        let Some((_, up)) = ups.remove(&path) else {
-            return Err(LoraError::Format {
-                key: format!("{source}.lora_A.weight"),
-                message: format!("no matching `{source}.lora_B.weight`"),
-            });
-        };
-        let up_bias = biases.remove(&path).map(|(_, b)| b);
+    // 3. Pair them; the third tensor is `lora_B.bias`.
+    PEFT_KEYS.pair(groups, |path, down, up_bias| {
         let rank = down.shape.first().copied().unwrap_or(0);
-        let mut alpha = peft_alpha(&path, rank, lora_alpha, &alpha_pattern);
+        let mut alpha = peft_alpha(path, rank, lora_alpha, &alpha_pattern);
         if rslora {
             alpha *= (rank as f64).sqrt();
         }
-        weights.layers.insert(
-            path,
-            LayerFactors {
-                down,
-                up,
-                up_bias,
-                alpha,
-                source: Some(source),
-            },
-        );
+        Ok((alpha, up_bias))
+    })
+}
+
+/// The three tensor suffixes of one layer in a file layout: down, up, and a third (peft's
+/// `lora_B.bias`, kohya's `alpha`).
+struct KeyLayout {
+    suffixes: [&'static str; 3],
+}
+
+const PEFT_KEYS: KeyLayout = KeyLayout {
+    suffixes: ["lora_A.weight", "lora_B.weight", "lora_B.bias"],
+};
+
+const KOHYA_KEYS: KeyLayout = KeyLayout {
+    suffixes: ["lora_down.weight", "lora_up.weight", "alpha"],
+};
+
+/// One layer's tensors as found in a file: the key prefix and the three slots.
+#[derive(Default)]
+struct KeyGroup {
+    prefix: String,
+    tensors: [Option<TensorData>; 3],
+}
+
+impl KeyLayout {
+    /// `<prefix>.<suffix>` -> (`prefix`, slot index).
+    fn split<'a>(&self, key: &'a str) -> Option<(&'a str, usize)> {
+        self.suffixes.iter().enumerate().find_map(|(slot, suffix)| {
+            key.strip_suffix(suffix)
+                .and_then(|p| p.strip_suffix('.'))
+                .map(|p| (p, slot))
+        })
     }
-    if let Some((_, (source, _))) = ups.into_iter().chain(biases).next() {
-        return Err(LoraError::Format {
-            key: source.clone(),
-            message: format!("no matching `{source}.lora_A.weight`"),
-        });
+
+    fn insert(
+        &self,
+        groups: &mut BTreeMap<String, KeyGroup>,
+        path: String,
+        prefix: String,
+        slot: usize,
+        data: TensorData,
+    ) {
+        let group = groups.entry(path).or_default();
+        group.prefix = prefix;
+        group.tensors[slot] = Some(data);
     }
-    Ok(weights)
+
+    /// Builds [`LoraWeights`] from the groups; `finish(path, down, third)` gives the alpha and
+    /// the up bias. A layer without its down or up factor is an error naming both keys.
+    fn pair(
+        &self,
+        groups: BTreeMap<String, KeyGroup>,
+        mut finish: impl FnMut(
+            &str,
+            &TensorData,
+            Option<TensorData>,
+        ) -> Result<(f64, Option<TensorData>), LoraError>,
+    ) -> Result<LoraWeights, LoraError> {
+        let [down_suffix, up_suffix, third_suffix] = self.suffixes;
+        let mut weights = LoraWeights::default();
+        for (path, group) in groups {
+            let KeyGroup { prefix, tensors } = group;
+            let [down, up, third] = tensors;
+            let (down, up) = match (down, up) {
+                (Some(down), Some(up)) => (down, up),
+                (Some(_), None) => {
+                    return Err(LoraError::Format {
+                        key: format!("{prefix}.{down_suffix}"),
+                        message: format!("no matching `{prefix}.{up_suffix}`"),
+                    })
+                }
+                (None, present) => {
+                    let have = if present.is_some() {
+                        up_suffix
+                    } else {
+                        third_suffix
+                    };
+                    return Err(LoraError::Format {
+                        key: format!("{prefix}.{have}"),
+                        message: format!("no matching `{prefix}.{down_suffix}`"),
+                    });
+                }
+            };
+            let (alpha, up_bias) = finish(&path, &down, third)?;
+            weights.layers.insert(
+                path,
+                LayerFactors {
+                    down,
+                    up,
+                    up_bias,
+                    alpha,
+                    source: Some(prefix),
+                },
+            );
+        }
+        Ok(weights)
+    }
 }
 
 fn kohya_name(path: &str) -> String {
@@ -350,9 +414,7 @@ pub fn from_kohya(
 ) -> Result<LoraWeights, LoraError> {
     let by_name: BTreeMap<String, &String> =
         layer_paths.iter().map(|p| (kohya_name(p), p)).collect();
-    let mut downs = BTreeMap::new();
-    let mut ups = BTreeMap::new();
-    let mut alphas = BTreeMap::new();
+    let mut groups = BTreeMap::new();
     for (key, data) in tensors {
         if key.starts_with("lora_te") {
             return Err(LoraError::KeyMismatch {
@@ -360,13 +422,7 @@ pub fn from_kohya(
                 reason: "text-encoder LoRA is not supported (UNet only)".into(),
             });
         }
-        let (kind, name) = if let Some(name) = key.strip_suffix(".lora_down.weight") {
-            (0, name)
-        } else if let Some(name) = key.strip_suffix(".lora_up.weight") {
-            (1, name)
-        } else if let Some(name) = key.strip_suffix(".alpha") {
-            (2, name)
-        } else {
+        let Some((name, slot)) = KOHYA_KEYS.split(&key) else {
             return Err(LoraError::KeyMismatch {
                 reason: "expected `.lora_down.weight`, `.lora_up.weight` or `.alpha` (DoRA, LoHa and LoKr are not supported)".into(),
                 key,
@@ -382,58 +438,27 @@ pub fn from_kohya(
                 key,
             });
         };
-        let target = match kind {
-            0 => &mut downs,
-            1 => &mut ups,
-            _ => &mut alphas,
-        };
-        target.insert((*path).clone(), (name.to_string(), data));
+        let name = name.to_string();
+        KOHYA_KEYS.insert(&mut groups, (*path).clone(), name, slot, data);
     }
-    let mut weights = LoraWeights::default();
-    for (path, (name, down)) in downs {
-        let Some((_, up)) = ups.remove(&path) else {
-            return Err(LoraError::Format {
-                key: format!("{name}.lora_down.weight"),
-                message: format!("no matching `{name}.lora_up.weight`"),
-            });
-        };
+    // The third tensor is the scalar `alpha` (missing: alpha = rank).
+    KOHYA_KEYS.pair(groups, |path, down, alpha| {
         let rank = down.shape.first().copied().unwrap_or(0);
-        let alpha = match alphas.remove(&path) {
-            None => rank as f64,
-            Some((_, a)) => {
-                let values = a
-                    .clone()
-                    .convert::<f64>()
-                    .to_vec::<f64>()
-                    .unwrap_or_default();
-                match values.as_slice() {
-                    [alpha] => *alpha,
-                    _ => {
-                        return Err(LoraError::Shape {
-                            key: format!("{name}.alpha"),
-                            found: a.shape.to_vec(),
-                            expected: "a scalar".into(),
-                        })
-                    }
-                }
-            }
+        let Some(alpha) = alpha else {
+            return Ok((rank as f64, None));
         };
-        weights.layers.insert(
-            path,
-            LayerFactors {
-                down,
-                up,
-                up_bias: None,
-                alpha,
-                source: Some(name),
-            },
-        );
-    }
-    if let Some((_, (name, _))) = ups.into_iter().chain(alphas).next() {
-        return Err(LoraError::Format {
-            key: name.clone(),
-            message: format!("no matching `{name}.lora_down.weight`"),
-        });
-    }
-    Ok(weights)
+        match alpha
+            .clone()
+            .convert::<f64>()
+            .to_vec::<f64>()
+            .unwrap_or_default()[..]
+        {
+            [value] => Ok((value, None)),
+            _ => Err(LoraError::Shape {
+                key: format!("{}.alpha", kohya_name(path)),
+                found: alpha.shape.to_vec(),
+                expected: "a scalar".into(),
+            }),
+        }
+    })
 }

@@ -5,7 +5,7 @@ use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use crate::adapter::{AdaptableLayer, AdapterMeta, LayerInfo};
+use crate::adapter::{add_updates, AdaptableLayer, AdapterMeta, AdapterUpdate, LayerInfo};
 use crate::factors::{factor_tensor, fold_into, match_base_dtype};
 use crate::{Geometry, LayerFactors, LoraConfig};
 
@@ -18,6 +18,12 @@ pub struct LinearAdapter<B: Backend> {
     pub up: Linear<B>,
     /// Dropout on the adapter's input.
     pub dropout: Dropout,
+}
+
+impl<B: Backend, const D: usize> AdapterUpdate<B, D> for LinearAdapter<B> {
+    fn update(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        self.up.forward(self.down.forward(self.dropout.forward(x)))
+    }
 }
 
 /// A `Linear` with optional LoRA adapters: `y = base(x) + sum_a scale_a * up_a(down_a(x))` over
@@ -58,16 +64,7 @@ impl<B: Backend> LoraLinear<B> {
     /// # Shapes
     /// `[..., in]` -> `[..., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let mut y = self.base.forward(x.clone());
-        for (adapter, meta) in self.adapters.iter().zip(&self.metas) {
-            if meta.adds_output() {
-                let update = adapter
-                    .up
-                    .forward(adapter.down.forward(adapter.dropout.forward(x.clone())));
-                y = y + update * meta.scale();
-            }
-        }
-        y
+        add_updates(self.base.forward(x.clone()), x, &self.adapters, &self.metas)
     }
 
     fn geometry(&self) -> Geometry {

@@ -257,7 +257,11 @@ pub fn check_weights<B: Backend, M: Module<B>>(
     module: &M,
     weights: &LoraWeights,
 ) -> Result<usize, LoraError> {
-    let layers = describe(module);
+    check_weights_against(&describe(module), weights)
+}
+
+/// [`check_weights`] against an already collected layer list; returns the adapter's parameters.
+fn check_weights_against(layers: &[LayerInfo], weights: &LoraWeights) -> Result<usize, LoraError> {
     if weights.layers.is_empty() {
         return Err(LoraError::Format {
             key: "(file)".into(),
@@ -355,8 +359,9 @@ pub fn import<B: Backend, M: Module<B>>(
     name: &str,
     weights: LoraWeights,
 ) -> Result<ImportReport, LoraError> {
-    check_new_name(&describe(module), name)?;
-    let params = check_weights(module, &weights)?;
+    let layers = describe(module);
+    check_new_name(&layers, name)?;
+    let params = check_weights_against(&layers, &weights)?;
     let report = ImportReport {
         adapter: name.to_string(),
         layers: weights.layers.len(),

@@ -18,7 +18,7 @@ use burn::tensor::DType;
 use cm_lora::{formats, ImportReport, LoraFormat, LoraWeights};
 
 use crate::error::{ModelError, Result};
-use crate::safetensors_io::{read_tensors, write_tensors, SafetensorsHeader};
+use crate::safetensors_io::{read_tensors_and_header, write_tensors};
 
 fn lora_error(path: &Path) -> impl Fn(cm_lora::LoraError) -> ModelError + '_ {
     move |error| ModelError::Lora {
@@ -35,9 +35,8 @@ pub fn read<B: Backend, M: Module<B>>(
     module: &M,
 ) -> Result<(LoraWeights, LoraFormat)> {
     let path = path.as_ref();
-    let header = SafetensorsHeader::read(path)?;
-    let format = LoraFormat::detect(header.tensors.keys()).map_err(lora_error(path))?;
-    let tensors = read_tensors(path)?;
+    let (tensors, header) = read_tensors_and_header(path)?;
+    let format = LoraFormat::detect(tensors.keys()).map_err(lora_error(path))?;
     let weights = match format {
         LoraFormat::Peft => formats::from_peft(tensors, &header.metadata),
         LoraFormat::Kohya => {

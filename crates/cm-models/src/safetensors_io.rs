@@ -161,6 +161,16 @@ impl SafetensorsHeader {
 /// For model weights use [`crate::weights::load_safetensors`]; this is for plain tensor files:
 /// golden fixtures, initial latents, saved samples.
 pub fn read_tensors(path: impl AsRef<Path>) -> Result<BTreeMap<String, burn::tensor::TensorData>> {
+    read_tensors_and_header(path).map(|(tensors, _)| tensors)
+}
+
+/// [`read_tensors`], also returning the parsed header (for its `__metadata__`).
+pub fn read_tensors_and_header(
+    path: impl AsRef<Path>,
+) -> Result<(
+    BTreeMap<String, burn::tensor::TensorData>,
+    SafetensorsHeader,
+)> {
     use burn::tensor::TensorData;
     let path = path.as_ref();
     let header = SafetensorsHeader::read(path)?;
@@ -222,7 +232,7 @@ pub fn read_tensors(path: impl AsRef<Path>) -> Result<BTreeMap<String, burn::ten
         };
         out.insert(key.clone(), tensor);
     }
-    Ok(out)
+    Ok((out, header))
 }
 
 /// Writes tensors (and optional `__metadata__`) as a safetensors file, atomically: the bytes go
