@@ -15,6 +15,15 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
+    /// A file that could not be written (the final name is untouched: writes are atomic).
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The operating-system error.
+        #[source]
+        source: std::io::Error,
+    },
 
     /// A JSON config file is not valid JSON or does not have the expected fields.
     #[error("{path}: invalid config: {message}")]

@@ -314,7 +314,10 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
-        return Err(ModelError::io(path, e));
+        return Err(ModelError::Write {
+            path: path.to_path_buf(),
+            source: e,
+        });
     }
     Ok(())
 }

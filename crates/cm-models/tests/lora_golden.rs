@@ -269,4 +269,13 @@ fn files_for_another_model_are_named_errors_that_change_nothing() {
         "nothing half-applied"
     );
     assert_eq!(relative_error(&forward(&unet), &before), 0.0);
+
+    // Writing into a folder that does not exist names the file.
+    let (weights, _) = lora_file::read(lora("attn_peft.safetensors"), &unet).unwrap();
+    let out = dir.join("missing-folder").join("out.safetensors");
+    let error = lora_file::write(&out, &weights, LoraFormat::Peft, DType::F32).unwrap_err();
+    assert!(
+        matches!(&error, ModelError::Write { path, .. } if path == &out),
+        "{error}"
+    );
 }
