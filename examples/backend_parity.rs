@@ -12,12 +12,13 @@ use burn::nn::{LinearConfig, PaddingConfig2d};
 use burn::tensor::backend::Backend as BackendTrait;
 use burn::tensor::{DType, Tensor, TensorData};
 use consistency_models::backend::{self, Backend};
+use consistency_models::io as safetensors_io;
+use consistency_models::io::compare::relative_error;
 use consistency_models::lora::{
     self as cm_lora, LayerFactors, LoraConv2d, LoraLinear, LoraWeights,
 };
-use consistency_models::models::compare::relative_error;
 use consistency_models::models::unet::UNet2DConditionModel;
-use consistency_models::models::{lora_file, safetensors_io, Component, WeightVariant};
+use consistency_models::models::{lora_file, Component, WeightVariant};
 
 type Cpu = burn::backend::Flex;
 
@@ -129,7 +130,10 @@ fn run(unet: bool) -> anyhow::Result<()> {
             let t = |k: &str| golden[k].clone();
             Ok(u.forward(
                 Tensor::from_data(t("sample"), &device),
-                Tensor::from_data(t("timestep"), &device),
+                &t("timestep")
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .map_err(|e| anyhow::anyhow!("timestep: {e:?}"))?,
                 Tensor::from_data(t("encoder_hidden_states"), &device),
                 None,
             )?

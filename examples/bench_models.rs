@@ -43,7 +43,7 @@ fn unet_forward(
     let out = unet
         .forward(
             Tensor::ones([1, 4, size, size], device),
-            Tensor::from_floats([500.0], device),
+            &[500.0],
             Tensor::ones([1, 77, context_dim], device),
             None,
         )

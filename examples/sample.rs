@@ -21,11 +21,11 @@ use anyhow::{bail, Context};
 use burn::tensor::backend::Backend as _;
 use burn::tensor::Tensor;
 use consistency_models::backend::{self, Backend};
+use consistency_models::io::images::save_images;
+use consistency_models::io::{read_tensors, write_tensors};
 use consistency_models::lora as cm_lora;
-use consistency_models::models::image_io::save_png;
 use consistency_models::models::lora_file;
 use consistency_models::models::pipeline::{PipelineLoadOptions, StableDiffusion};
-use consistency_models::models::safetensors_io::{read_tensors, write_tensors};
 use consistency_models::schedulers::config::SchedulerConfig;
 use consistency_models::train::sampling::{
     sample, SampleOptions, SamplerKind, SeededNoise, StepProgress,
@@ -158,7 +158,11 @@ fn run(args: &Args, sampler: SamplerKind) -> anyhow::Result<()> {
         start.elapsed().as_secs_f64()
     );
 
-    let scheduler_config = SchedulerConfig::from_json_value(&sd.scheduler_config)?;
+    let scheduler_config = SchedulerConfig::from_json_value_as(
+        &sd.scheduler_config,
+        &sd.scheduler_config_path(),
+        Some(sampler.scheduler_class()),
+    )?;
     let default_size = sd.unet_config.sample_size.unwrap_or(64) * sd.vae_scale_factor();
     let options = SampleOptions {
         sampler,
@@ -232,7 +236,7 @@ fn run(args: &Args, sampler: SamplerKind) -> anyhow::Result<()> {
         start.elapsed().as_secs_f64()
     );
 
-    save_png(out.images.clone(), &args.out)?;
+    save_images(out.images.clone(), &args.out)?;
     println!("wrote {}", args.out.display());
     if let Some(path) = &args.save_tensors {
         let mut tensors = BTreeMap::new();

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Golden values of diffusers' schedulers for the cm-schedulers parity tests.
 
-Writes tests/fixtures/golden/schedulers.json (timestep lists) and
+Writes tests/fixtures/golden/schedulers.json (timestep lists),
+tests/fixtures/golden/scheduler_class_defaults.json (the config each scheduler class resolves from a
+file that omits keys: `Class.from_config(file).config`) and
 tests/fixtures/golden/schedulers.safetensors (tensors), from diffusers' DDIMScheduler and
 LCMScheduler built on the SD1.5 configs in ../shared/reference/sd15 (copied to assets/sd15), plus
 LatentConsistencyModelPipeline.get_guidance_scale_embedding. No model weights are involved.
@@ -14,7 +16,8 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, LCMScheduler, LatentConsistencyModelPipeline
+from diffusers import (DDIMScheduler, DDPMScheduler, LCMScheduler, LatentConsistencyModelPipeline,
+                       PNDMScheduler)
 from safetensors.torch import save_file
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "sd15"
@@ -40,6 +43,24 @@ def lcm_timesteps(base):
         s = LCMScheduler.from_config(base)
         s.set_timesteps(n)
         out[f"lcm_{n}"] = s.timesteps.tolist()
+    return out
+
+
+KEYS = ["num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "set_alpha_to_one", "steps_offset",
+        "prediction_type", "timestep_spacing", "clip_sample", "clip_sample_range", "original_inference_steps",
+        "timestep_scaling"]
+
+
+def class_defaults():
+    """What each class reads from configs that omit keys (the SD1.5 PNDM file without clip_sample, and {})."""
+    pndm = load_config("scheduler")
+    pndm.pop("clip_sample")
+    out = {}
+    for source_name, source in (("pndm_without_clip_sample", pndm), ("empty", {})):
+        out[source_name] = {"config": source}
+        for cls in (DDIMScheduler, LCMScheduler, PNDMScheduler, DDPMScheduler):
+            resolved = cls.from_config(source).config
+            out[source_name][cls.__name__] = {k: resolved[k] for k in KEYS if k in resolved}
     return out
 
 
@@ -108,6 +129,7 @@ def main():
     save_file({k: v.clone().contiguous() for k, v in tensors.items()}, str(out / "schedulers.safetensors"),
               metadata={"generator": "scripts/gen_scheduler_fixtures.py"})
     (out / "schedulers.json").write_text(json.dumps(timesteps, indent=1))
+    (out / "scheduler_class_defaults.json").write_text(json.dumps(class_defaults(), indent=1, sort_keys=True) + "\n")
     print("ddim trailing 4:", timesteps["ddim_trailing_4"], "lcm 4:", timesteps["lcm_4"])
     print("wrote", out / "schedulers.safetensors", out / "schedulers.json")
 

@@ -7,6 +7,7 @@
 //!
 //! | crate | what it holds |
 //! |---|---|
+//! | [`io`] (`cm-io`) | safetensors files, atomic writes, image files, tensor comparison |
 //! | [`models`] (`cm-models`) | CLIP tokenizer + text encoder, (UNet, VAE), diffusers weight loading |
 //! | [`schedulers`] (`cm-schedulers`) | noise schedules, samplers, consistency parameterisations |
 //! | [`losses`] (`cm-losses`) | L2 and pseudo-Huber consistency losses |
@@ -15,6 +16,7 @@
 //! | [`train`] (`cm-train`) | CT, CD and multi-boundary CD in one engine |
 
 pub use cm_data as data;
+pub use cm_io as io;
 pub use cm_lora as lora;
 pub use cm_losses as losses;
 pub use cm_models as models;

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use cm_io::{read_tensors, write_atomically, write_tensors};
 use cm_models::pipeline::StableDiffusion;
-use cm_models::safetensors_io::{read_tensors, write_atomically, write_tensors};
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::CaptionDataset;
@@ -202,7 +202,7 @@ pub fn build_cache<B: Backend>(
         let ids: Vec<i64> = examples.iter().map(|e| e.index as i64).collect();
         tensors.insert("indices".to_string(), TensorData::new(ids, [count]));
         let name = format!("shard-{shard:05}.safetensors");
-        write_tensors(dir.join(&name), &tensors, &Default::default()).map_err(model_error)?;
+        write_tensors(dir.join(&name), &tensors, &Default::default())?;
         shards.push((name, start, count));
     }
     let manifest = CacheManifest {
@@ -212,7 +212,7 @@ pub fn build_cache<B: Backend>(
         shards,
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("serialisable");
-    write_atomically(&dir.join(MANIFEST), &json).map_err(model_error)?;
+    write_atomically(&dir.join(MANIFEST), &json)?;
     Ok(manifest)
 }
 

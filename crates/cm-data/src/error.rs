@@ -65,6 +65,9 @@ pub enum DataError {
     /// A bad option value.
     #[error("{0}")]
     InvalidOption(String),
+    /// A cache file that could not be read or written (names the file).
+    #[error(transparent)]
+    File(#[from] cm_io::IoError),
 }
 
 /// Result alias of `cm-data`.

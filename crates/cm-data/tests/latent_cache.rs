@@ -25,7 +25,7 @@ fn temp(name: &str) -> PathBuf {
 }
 
 fn max_abs(a: &TensorData, b: &TensorData) -> f64 {
-    cm_models::compare::max_abs_error(a, b)
+    cm_io::compare::max_abs_error(a, b)
 }
 
 #[test]

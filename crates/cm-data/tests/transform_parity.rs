@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use cm_data::item::SplitMix64;
 use cm_data::transform::{load_and_transform, TransformConfig};
-use cm_models::safetensors_io::read_tensors;
+use cm_io::read_tensors;
 
 #[test]
 fn default_transform_matches_torchvision_within_2_over_255() {

@@ -131,6 +131,21 @@ pub enum ModelError {
 /// Result alias of `cm-models`.
 pub type Result<T> = std::result::Result<T, ModelError>;
 
+impl From<cm_io::IoError> for ModelError {
+    /// File errors keep their kind: a missing file stays [`ModelError::Io`], a truncated one
+    /// [`ModelError::CorruptWeights`], and so on.
+    fn from(error: cm_io::IoError) -> Self {
+        use cm_io::IoError;
+        match error {
+            IoError::Read { path, source } => Self::Io { path, source },
+            IoError::Write { path, source } => Self::Write { path, source },
+            IoError::Corrupt { path, message } => Self::CorruptWeights { path, message },
+            IoError::BadTensor { path, key, message } => Self::BadTensor { path, key, message },
+            IoError::InvalidInput(message) => Self::InvalidInput(message),
+        }
+    }
+}
+
 impl ModelError {
     /// Builds an [`ModelError::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

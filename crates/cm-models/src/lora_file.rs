@@ -18,7 +18,7 @@ use burn::tensor::DType;
 use cm_lora::{formats, ImportReport, LoraFormat, LoraWeights};
 
 use crate::error::{ModelError, Result};
-use crate::safetensors_io::{read_tensors_and_header, write_tensors};
+use cm_io::{read_tensors_and_header, write_tensors};
 
 fn lora_error(path: &Path) -> impl Fn(cm_lora::LoraError) -> ModelError + '_ {
     move |error| ModelError::Lora {
@@ -81,7 +81,7 @@ pub fn write(
     .map_err(lora_error(path))?;
     metadata.insert("format".into(), "pt".into());
     metadata.insert("generator".into(), "consistency-models".into());
-    write_tensors(path, &tensors, &metadata)
+    Ok(write_tensors(path, &tensors, &metadata)?)
 }
 
 /// Exports adapter `name` of `module` and [`write`]s it.

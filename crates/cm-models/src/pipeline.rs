@@ -162,7 +162,20 @@ impl<B: Backend> StableDiffusion<B> {
         )?;
         let scheduler_config = read_json(&root.join("scheduler/scheduler_config.json"))?;
 
-        // 3. Cross-component consistency.
+        // 3. Cross-component consistency. Token ids are checked here, once, rather than read back
+        //    from the device on every text-encoder call.
+        if tokenizer.vocab_size() > text_encoder.vocab_size() {
+            return Err(ModelError::UnsupportedConfig {
+                path: root.join("tokenizer"),
+                key: "vocabulary (vocab.json / tokenizer.json)".into(),
+                found: format!("{} tokens", tokenizer.vocab_size()),
+                expected: format!(
+                    "at most the text encoder's vocab_size ({}, {})",
+                    text_encoder.vocab_size(),
+                    root.join("text_encoder/config.json").display()
+                ),
+            });
+        }
         if unet_config.cross_attention_dim != text_encoder_config.hidden_size {
             return Err(ModelError::UnsupportedConfig {
                 path: unet_dir.join("config.json"),
@@ -195,6 +208,11 @@ impl<B: Backend> StableDiffusion<B> {
             reports: vec![te_report, unet_report, vae_report],
             skipped_components,
         })
+    }
+
+    /// `scheduler/scheduler_config.json` of the folder (for messages about the scheduler).
+    pub fn scheduler_config_path(&self) -> PathBuf {
+        self.root.join("scheduler/scheduler_config.json")
     }
 
     /// Text embeddings of prompts (`last_hidden_state`).

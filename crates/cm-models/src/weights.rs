@@ -25,7 +25,7 @@ use burn_store::{
 use regex::Regex;
 
 use crate::error::{ModelError, Result};
-use crate::safetensors_io::SafetensorsHeader;
+use cm_io::SafetensorsHeader;
 
 /// How to read one safetensors file into one module.
 #[derive(Debug, Clone)]
@@ -311,8 +311,20 @@ where
     let mut taken = BTreeSet::new();
     for (burn_path, info) in &params {
         match file.get(&info.torch_key) {
-            Some((original_key, shape, _)) => {
+            Some((original_key, shape, dtype)) => {
                 taken.insert(info.torch_key.clone());
+                // Integer or boolean data where a float weight belongs would be reinterpreted
+                // by the tensor library (and has crashed it): refuse it by name.
+                if !matches!(dtype.as_str(), "F16" | "BF16" | "F32" | "F64") {
+                    errors.push(ModelError::BadTensor {
+                        path: path.to_path_buf(),
+                        key: original_key.clone(),
+                        message: format!(
+                            "dtype {dtype}, but model parameter `{burn_path}` is a float weight (F32, F16, BF16 or F64 expected)"
+                        ),
+                    });
+                    continue;
+                }
                 let conv_1x1_for_linear = info.is_linear_weight
                     && shape.len() == 4
                     && shape[2..] == [1, 1]

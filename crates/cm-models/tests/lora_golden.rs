@@ -7,8 +7,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use burn::tensor::{DType, Tensor, TensorData};
+use cm_io::{read_tensors, write_tensors, SafetensorsHeader};
 use cm_lora::{LoraConfig, LoraFormat, TargetSelector, ATTENTION_TARGETS, LCM_LORA_TARGETS};
-use cm_models::safetensors_io::{read_tensors, write_tensors, SafetensorsHeader};
 use cm_models::unet::{UNet2DConditionModel, UNetConfig};
 use cm_models::{lora_file, Component, ModelError, WeightVariant};
 use common::{device, fixtures, golden, relative_error, temp_dir, TestBackend};
@@ -35,7 +35,7 @@ fn forward(unet: &UNet2DConditionModel<B>) -> TensorData {
     let t = |k: &str| g[k].clone();
     unet.forward(
         Tensor::from_data(t("sample"), &device()),
-        Tensor::from_data(t("timestep"), &device()),
+        &t("timestep").convert::<f32>().to_vec::<f32>().unwrap(),
         Tensor::from_data(t("encoder_hidden_states"), &device()),
         None,
     )

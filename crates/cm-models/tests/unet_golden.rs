@@ -22,7 +22,11 @@ fn run(unet: &UNet2DConditionModel<B>, file: &str, with_cond: bool) -> (TensorDa
     let out = unet
         .forward(
             tensor(&g["sample"]),
-            tensor(&g["timestep"]),
+            &g["timestep"]
+                .clone()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap(),
             tensor(&g["encoder_hidden_states"]),
             cond,
         )
@@ -91,7 +95,11 @@ fn missing_or_unexpected_guidance_condition_is_an_error() {
     let err = unet
         .forward(
             tensor(&g["sample"]),
-            tensor(&g["timestep"]),
+            &g["timestep"]
+                .clone()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap(),
             tensor(&g["encoder_hidden_states"]),
             None,
         )
@@ -106,7 +114,7 @@ fn wrong_input_channels_is_an_error() {
     let err = unet
         .forward(
             Tensor::zeros([1, 3, 16, 16], &device()),
-            Tensor::zeros([1], &device()),
+            &[0.0],
             Tensor::zeros([1, 77, 32], &device()),
             None,
         )
@@ -122,7 +130,7 @@ fn odd_latent_sizes_follow_the_skip_connections() {
     let out = unet
         .forward(
             Tensor::zeros([1, 4, 9, 7], &device()),
-            Tensor::from_floats([500.0], &device()),
+            &[500.0],
             Tensor::zeros([1, 77, 32], &device()),
             None,
         )
@@ -184,5 +192,36 @@ fn weights_of_another_config_fail_naming_a_key() {
     assert!(
         message.contains("down_blocks.1.") && message.contains("48"),
         "{message}"
+    );
+}
+
+#[test]
+fn integer_weights_are_refused_by_name_before_anything_is_read() {
+    // An int32 tensor where a float weight belongs used to reach Burn's `from_data` and crash the
+    // process; the loader refuses it, naming the key and the dtype.
+    let dir = fixtures().join("tiny-sd/unet");
+    let mut tensors = cm_io::read_tensors(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let key = "conv_in.weight";
+    let shape = tensors[key].shape.clone();
+    let count: usize = shape.iter().product();
+    tensors.insert(
+        key.to_string(),
+        TensorData::new(vec![1i32; count], shape.to_vec()),
+    );
+    let out = common::temp_dir("unet-int32");
+    std::fs::copy(dir.join("config.json"), out.join("config.json")).unwrap();
+    cm_io::write_tensors(
+        out.join("diffusion_pytorch_model.safetensors"),
+        &tensors,
+        &Default::default(),
+    )
+    .unwrap();
+    let err =
+        UNet2DConditionModel::<B>::from_folder(&out, WeightVariant::Full, DType::F32, &device())
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains(key) && err.contains("I32") && err.contains("float"),
+        "{err}"
     );
 }

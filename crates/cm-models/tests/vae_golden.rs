@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use burn::module::Module;
 use burn::tensor::{DType, Tensor, TensorData};
+use cm_io::{read_tensors, write_tensors};
 use cm_models::config_json::JsonConfig;
-use cm_models::safetensors_io::{read_tensors, write_tensors};
 use cm_models::vae::{AutoencoderKL, VaeConfig};
 use cm_models::Component;
 use common::{device, fixtures, golden, relative_error, TestBackend};

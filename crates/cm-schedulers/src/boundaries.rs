@@ -85,6 +85,11 @@ impl BoundarySet {
             .unwrap_or(&0)
     }
 
+    /// `b(s_i)` for every example (the per-example training rule).
+    pub fn boundaries_at_or_below(&self, s: &[usize]) -> Vec<usize> {
+        s.iter().map(|&s| self.boundary_at_or_below(s)).collect()
+    }
+
     /// The boundary a sample at `t > 0` steps to: the largest boundary `< t`.
     pub fn boundary_below(&self, t: usize) -> usize {
         *self.boundaries.iter().rev().find(|&&b| b < t).unwrap_or(&0)

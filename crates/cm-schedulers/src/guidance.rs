@@ -5,14 +5,17 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
-/// Embeds guidance scales (the pipeline passes `w - 1`).
+/// Embeds guidance scales (the pipeline passes `w - 1`), given as host values so that no
+/// device-to-host read is needed.
 ///
 /// # Shapes
-/// `w`: `[batch]` -> `[batch, dim]`.
-pub fn guidance_scale_embedding<B: Backend>(w: Tensor<B, 1>, dim: usize) -> Tensor<B, 2> {
-    let device = w.device();
-    let [batch] = w.dims();
-    let scales: Vec<f32> = w.into_data().convert::<f32>().to_vec().expect("f32 data");
+/// `w`: `batch` values -> `[batch, dim]`.
+pub fn guidance_scale_embedding<B: Backend>(
+    w: &[f32],
+    dim: usize,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let batch = w.len();
     // Computed on the host: the arguments reach 1e4 (w = 10 -> 10000), where a backend's fast
     // vectorised sine loses ~1e-3; here each f32 argument (the same f32 products torch forms) gets
     // a correctly rounded sine and cosine.
@@ -22,7 +25,7 @@ pub fn guidance_scale_embedding<B: Backend>(w: Tensor<B, 1>, dim: usize) -> Tens
         .map(|i| ((i as f32 * -step) as f64).exp() as f32)
         .collect();
     let mut values = Vec::with_capacity(batch * dim);
-    for &scale in &scales {
+    for &scale in w {
         let args: Vec<f64> = freqs.iter().map(|&f| (scale * 1000.0 * f) as f64).collect();
         values.extend(args.iter().map(|a| a.sin() as f32));
         values.extend(args.iter().map(|a| a.cos() as f32));
@@ -30,5 +33,5 @@ pub fn guidance_scale_embedding<B: Backend>(w: Tensor<B, 1>, dim: usize) -> Tens
             values.push(0.0);
         }
     }
-    Tensor::from_data(TensorData::new(values, [batch, dim]), &device)
+    Tensor::from_data(TensorData::new(values, [batch, dim]), device)
 }

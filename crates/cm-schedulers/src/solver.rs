@@ -10,7 +10,8 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use crate::ddim::ddim_move;
+use crate::config::PredictionType;
+use crate::consistency::{ddim_coefficients, Linear};
 use crate::error::{Result, SchedulerError};
 use crate::schedule::NoiseSchedule;
 
@@ -81,6 +82,15 @@ impl DdimSolver {
         Ok((t, t.saturating_sub(self.skip)))
     }
 
+    /// The training pairs of per-example grid indices: `(t, s)` lists, one entry per example.
+    pub fn pairs(&self, indices: &[usize]) -> Result<(Vec<usize>, Vec<usize>)> {
+        let pairs = indices
+            .iter()
+            .map(|&i| self.pair(i))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(pairs.into_iter().unzip())
+    }
+
     /// `alpha_bar` the solver uses at timestep `s` (1 at `s = 0` in the seed variant).
     pub fn alpha_bar(&self, s: usize) -> Result<f32> {
         if s == 0 && self.variant == SolverVariant::Seed {
@@ -90,13 +100,48 @@ impl DdimSolver {
         }
     }
 
-    /// One DDIM move from `t` to `s` given the teacher's clean-sample and noise estimates.
+    /// The per-example coefficients of the DDIM move `t_i -> s_i` applied to a (guided) teacher
+    /// output: `x_s = P x_t + Q o` (see [`Linear`]).
+    pub fn coefficients(
+        &self,
+        prediction_type: PredictionType,
+        t: &[usize],
+        s: &[usize],
+    ) -> Result<Linear> {
+        if t.len() != s.len() {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "{} timesteps t but {} timesteps s",
+                t.len(),
+                s.len()
+            )));
+        }
+        let mut out = Linear::from_fn(t.len(), |_| (0.0, 0.0));
+        for (i, (&t, &s)) in t.iter().zip(s).enumerate() {
+            let (p, q) = ddim_coefficients(
+                prediction_type,
+                self.schedule.alpha_bar(t)? as f64,
+                self.alpha_bar(s)? as f64,
+            );
+            out.sample[i] = p;
+            out.output[i] = q;
+        }
+        Ok(out)
+    }
+
+    /// One DDIM move `t_i -> s_i` per example from the teacher's output at `(x_t, t)`.
+    ///
+    /// # Shapes
+    /// `output`, `sample`: `[batch, ...]`; `t`, `s`: `batch` values each.
     pub fn step<B: Backend, const D: usize>(
         &self,
-        x0: Tensor<B, D>,
-        eps: Tensor<B, D>,
-        s: usize,
+        prediction_type: PredictionType,
+        output: Tensor<B, D>,
+        sample: Tensor<B, D>,
+        t: &[usize],
+        s: &[usize],
     ) -> Result<Tensor<B, D>> {
-        Ok(ddim_move(x0, eps, self.alpha_bar(s)?))
+        Ok(self
+            .coefficients(prediction_type, t, s)?
+            .apply(sample, output))
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use burn::tensor::{Tensor, TensorData};
-use cm_models::safetensors_io::read_tensors;
+use cm_io::read_tensors;
 use cm_schedulers::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use cm_schedulers::ddim::{ddim_timesteps, DdimScheduler};
 use cm_schedulers::guidance::guidance_scale_embedding;
@@ -37,7 +37,7 @@ fn tensor(data: &TensorData) -> Tensor<B, 4> {
 }
 
 fn max_abs(a: &TensorData, b: &TensorData) -> f32 {
-    cm_models::compare::max_abs_error(a, b) as f32
+    cm_io::compare::max_abs_error(a, b) as f32
 }
 
 #[test]
@@ -187,8 +187,7 @@ fn guidance_embedding_matches() {
     // tolerance is that sensitivity (w = 0: exact, 1e-6 floor).
     let g = golden();
     let scales = g["guidance_w"].clone().to_vec::<f32>().unwrap();
-    let w = Tensor::<B, 1>::from_data(g["guidance_w"].clone(), &Default::default());
-    let ours = guidance_scale_embedding(w, 256)
+    let ours = guidance_scale_embedding::<B>(&scales, 256, &Default::default())
         .into_data()
         .to_vec::<f32>()
         .unwrap();
@@ -225,4 +224,59 @@ fn bad_arguments_are_clear_errors() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("thresholding"));
+}
+
+#[test]
+fn omitted_keys_take_the_defaults_of_the_class_that_runs_the_config() {
+    // diffusers' `Class.from_config(file).config` for files that omit keys (the SD1.5 PNDM config
+    // without `clip_sample`, and `{}`): a DDIM run of the former clips x0, an LCM run does not.
+    use cm_schedulers::config::SchedulerClass;
+    let path = root().join("tests/fixtures/golden/scheduler_class_defaults.json");
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut checked = 0;
+    for (source, entry) in golden.as_object().unwrap() {
+        let file = &entry["config"];
+        for class in [
+            SchedulerClass::Ddim,
+            SchedulerClass::Lcm,
+            SchedulerClass::Pndm,
+            SchedulerClass::Ddpm,
+        ] {
+            let ours = SchedulerConfig::from_json_value_as(file, &path, Some(class)).unwrap();
+            let ours = serde_json::to_value(&ours).unwrap();
+            for (key, expected) in entry[class.name()].as_object().unwrap() {
+                let found = &ours[key];
+                let same = match (found.as_f64(), expected.as_f64()) {
+                    (Some(a), Some(b)) => (a - b).abs() < 1e-12,
+                    _ => found == expected,
+                };
+                assert!(
+                    same,
+                    "{source} as {}: `{key}` is {found}, diffusers {expected}",
+                    class.name()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 60, "only {checked} values compared");
+}
+
+#[test]
+fn out_of_range_schedule_values_are_refused_naming_file_and_key() {
+    for (text, key) in [
+        (r#"{"beta_start": 0.0}"#, "beta_start"),
+        (r#"{"beta_end": 1.5}"#, "beta_end"),
+        (r#"{"trained_betas": [0.5, -0.1]}"#, "trained_betas"),
+        (r#"{"timestep_scaling": -1}"#, "timestep_scaling"),
+    ] {
+        let err = SchedulerConfig::from_json_str_at(text, std::path::Path::new("sched.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(key) && err.contains("sched.json"),
+            "{text}: {err}"
+        );
+    }
 }

@@ -5,7 +5,7 @@ use burn::tensor::{Distribution, Tensor};
 use cm_schedulers::boundaries::BoundarySet;
 use cm_schedulers::config::{PredictionType, SchedulerConfig};
 use cm_schedulers::consistency::{
-    ConsistencyParameterisation, DdimToBoundary, LcmParameterisation,
+    ConsistencyParameterisation, DdimToBoundary, LcmParameterisation, Parameterisation,
 };
 use cm_schedulers::ddim::{ddim_move, predict_x0_and_eps};
 use cm_schedulers::lcm::lcm_timesteps;
@@ -40,7 +40,7 @@ fn ddim_to_boundary_is_exactly_the_identity_at_the_boundary() {
     let x = randn(1);
     for b in [0, 259, 499] {
         let out = f
-            .consistency_output(&schedule(), randn(2), x.clone(), b, b)
+            .consistency_output(&schedule(), randn(2), x.clone(), &[b, b], &[b, b])
             .unwrap();
         assert_eq!(
             out.into_data(),
@@ -75,13 +75,15 @@ fn solver_with_the_true_noise_lands_on_the_forward_process() {
             assert_eq!(sx, t.saturating_sub(20));
             let x_t = s.add_noise(x0.clone(), noise.clone(), &[t, t]).unwrap();
             // A perfect teacher: its eps is the true noise.
-            let (x0_hat, eps) = predict_x0_and_eps(
-                PredictionType::Epsilon,
-                noise.clone(),
-                x_t,
-                s.alpha_bar(t).unwrap(),
-            );
-            let x_s = solver.step(x0_hat, eps, sx).unwrap();
+            let x_s = solver
+                .step(
+                    PredictionType::Epsilon,
+                    noise.clone(),
+                    x_t,
+                    &[t, t],
+                    &[sx, sx],
+                )
+                .unwrap();
             let a = solver.alpha_bar(sx).unwrap();
             let expected = x0.clone() * a.sqrt() + noise.clone() * (1.0 - a).sqrt();
             assert!(
@@ -95,6 +97,57 @@ fn solver_with_the_true_noise_lands_on_the_forward_process() {
     assert_eq!(seed.alpha_bar(0).unwrap(), 1.0);
     let diffusers = DdimSolver::new(s.clone(), 50, SolverVariant::Diffusers).unwrap();
     assert_eq!(diffusers.alpha_bar(0).unwrap(), s.alphas_cumprod()[0]);
+}
+
+#[test]
+fn per_example_values_equal_one_example_at_a_time() {
+    // A batch with a different (t, b) per example gives, row by row, what each example gives alone:
+    // the per-example path of the step (diffusers' `extract_into_tensor`).
+    let s = schedule();
+    let (x, out) = (randn(11), randn(12));
+    let ts = [999, 279];
+    let bs = [759, 259];
+    for f in [
+        Parameterisation::DdimToBoundary(DdimToBoundary {
+            prediction_type: PredictionType::Epsilon,
+        }),
+        Parameterisation::Lcm(LcmParameterisation {
+            prediction_type: PredictionType::VPrediction,
+            timestep_scaling: 10.0,
+        }),
+    ] {
+        let batched = f
+            .consistency_output(&s, out.clone(), x.clone(), &ts, &bs)
+            .unwrap();
+        for i in 0..2 {
+            let row = |t: Tensor<B, 4>| t.narrow(0, i, 1);
+            let single = f
+                .consistency_output(&s, row(out.clone()), row(x.clone()), &ts[i..=i], &bs[i..=i])
+                .unwrap();
+            assert!(
+                max_abs_diff(row(batched.clone()), single) < 1e-6,
+                "{f:?} row {i}"
+            );
+        }
+    }
+    // The linear form equals the explicit x0 / eps route of the scalar samplers.
+    let f = DdimToBoundary {
+        prediction_type: PredictionType::Epsilon,
+    };
+    let ours = f
+        .consistency_output(&s, out.clone(), x.clone(), &[499, 499], &[259, 259])
+        .unwrap();
+    let (x0, e) = predict_x0_and_eps(PredictionType::Epsilon, out, x, s.alpha_bar(499).unwrap());
+    let explicit = ddim_move(x0, e, s.alpha_bar(259).unwrap());
+    assert!(max_abs_diff(ours, explicit) < 1e-5);
+    // Mismatched lengths are errors, not panics.
+    assert!(f.coefficients(&s, &[10, 20], &[0]).is_err());
+    assert_eq!(
+        BoundarySet::evenly_spaced(4, 1000, 50)
+            .unwrap()
+            .boundaries_at_or_below(&[999, 259, 258, 0]),
+        vec![759, 259, 0, 0]
+    );
 }
 
 #[test]
@@ -133,7 +186,7 @@ fn lcm_parameterisation_tends_to_the_sample_at_t_zero() {
     };
     let x = randn(7);
     let out = f
-        .consistency_output(&schedule(), randn(8), x.clone(), 0, 0)
+        .consistency_output(&schedule(), randn(8), x.clone(), &[0, 0], &[0, 0])
         .unwrap();
     // c_skip(0) = 1, c_out(0) = 0.
     assert_eq!(out.into_data(), x.into_data());

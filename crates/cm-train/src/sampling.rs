@@ -12,7 +12,7 @@ use burn::tensor::{Distribution, Tensor};
 use cm_models::pipeline::StableDiffusion;
 use cm_models::ModelError;
 use cm_schedulers::boundaries::BoundarySet;
-use cm_schedulers::config::SchedulerConfig;
+use cm_schedulers::config::{SchedulerClass, SchedulerConfig};
 use cm_schedulers::consistency::{ConsistencyParameterisation, DdimToBoundary};
 use cm_schedulers::ddim::DdimScheduler;
 use cm_schedulers::guidance::guidance_scale_embedding;
@@ -46,6 +46,17 @@ pub enum SamplerKind {
         /// Number of segments K.
         boundaries: usize,
     },
+}
+
+impl SamplerKind {
+    /// The diffusers scheduler class this sampler runs as: keys a `scheduler_config.json` omits
+    /// take that class's defaults (diffusers' `Class.from_config`).
+    pub fn scheduler_class(self) -> SchedulerClass {
+        match self {
+            Self::Ddim | Self::MultiBoundary { .. } => SchedulerClass::Ddim,
+            Self::Lcm => SchedulerClass::Lcm,
+        }
+    }
 }
 
 impl std::str::FromStr for SamplerKind {
@@ -158,13 +169,12 @@ impl<B: Backend> Denoiser<'_, B> {
     /// The (guided) model output at `t`.
     fn predict(&self, latents: Tensor<B, 4>, t: usize) -> Result<Tensor<B, 4>, SampleError> {
         let batch = latents.dims()[0];
-        let device = latents.device();
         match &self.uncond {
             None => {
-                let ts = Tensor::<B, 1>::full([batch], t as f32, &device);
+                let ts = vec![t as f32; batch];
                 Ok(self.sd.unet.forward(
                     latents,
-                    ts,
+                    &ts,
                     self.cond.clone(),
                     self.timestep_cond.clone(),
                 )?)
@@ -173,8 +183,8 @@ impl<B: Backend> Denoiser<'_, B> {
                 // One UNet call on [uncond; cond], as diffusers batches them.
                 let input = Tensor::cat(vec![latents.clone(), latents], 0);
                 let context = Tensor::cat(vec![uncond.clone(), self.cond.clone()], 0);
-                let ts = Tensor::<B, 1>::full([2 * batch], t as f32, &device);
-                let out = self.sd.unet.forward(input, ts, context, None)?;
+                let ts = vec![t as f32; 2 * batch];
+                let out = self.sd.unet.forward(input, &ts, context, None)?;
                 let [u, c] = out.chunk(2, 0).try_into().expect("two halves");
                 Ok(u.clone() + (c - u) * self.guidance)
             }
@@ -246,8 +256,8 @@ pub fn sample<B: Backend>(
         (sd.encode_prompts(&prompt_refs, device)?, None)
     };
     let timestep_cond = has_guidance_embedding.then(|| {
-        let w = Tensor::<B, 1>::full([batch], options.guidance_scale - 1.0, device);
-        guidance_scale_embedding(w, sd.unet.time_cond_proj_dim)
+        let w = vec![options.guidance_scale - 1.0; batch];
+        guidance_scale_embedding(&w, sd.unet.time_cond_proj_dim, device)
     });
     let denoiser = Denoiser {
         sd,
@@ -312,8 +322,9 @@ pub fn sample<B: Backend>(
             let timesteps = set.sampling_timesteps();
             for (i, &t) in timesteps.iter().enumerate() {
                 let out = denoiser.predict(latents.clone(), t)?;
-                let b = set.boundary_below(t);
-                latents = f_theta.consistency_output(&schedule, out, latents, t, b)?;
+                let batch = latents.dims()[0];
+                let (ts, bs) = (vec![t; batch], vec![set.boundary_below(t); batch]);
+                latents = f_theta.consistency_output(&schedule, out, latents, &ts, &bs)?;
                 visited.push(t);
                 progress(StepProgress {
                     step: i + 1,

@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 
 use burn::tensor::{Tensor, TensorData};
-use cm_models::compare::relative_error;
+use cm_io::compare::relative_error;
+use cm_io::read_tensors;
 use cm_models::pipeline::{PipelineLoadOptions, StableDiffusion};
-use cm_models::safetensors_io::read_tensors;
 use cm_schedulers::config::SchedulerConfig;
 use cm_train::sampling::{
     sample, ReplayNoise, SampleOptions, SampleOutput, SamplerKind, SeededNoise,

@@ -9,7 +9,7 @@ use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{ElementConversion, Int, Tensor};
+use burn::tensor::{Int, Tensor};
 
 use super::config::{ClipActivation, ClipTextConfig};
 use crate::error::{ModelError, Result};
@@ -201,7 +201,26 @@ impl<B: Backend> ClipTextModel<B> {
         self.embeddings.token_embedding.weight.dims()[1]
     }
 
-    /// Encodes token ids.
+    /// Number of token ids the embedding table holds (`vocab_size`).
+    pub fn vocab_size(&self) -> usize {
+        self.embeddings.token_embedding.weight.dims()[0]
+    }
+
+    /// Checks host-side token ids against the vocabulary. [`Self::forward`] does not read ids back
+    /// from the device, so ids from anywhere but a tokenizer whose vocabulary fits this model
+    /// (checked when a pipeline loads) should pass through here first.
+    pub fn check_ids(&self, ids: &[i64]) -> Result<()> {
+        let vocab = self.vocab_size() as i64;
+        match ids.iter().find(|&&id| id < 0 || id >= vocab) {
+            Some(bad) => Err(ModelError::InvalidInput(format!(
+                "token id {bad} is outside the text encoder's vocabulary 0..{vocab}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Encodes token ids (each in `0..vocab_size`: see [`Self::check_ids`]; no device-to-host
+    /// read happens here).
     ///
     /// # Shapes
     /// `input_ids`: `[batch, seq]` with `seq <= max_position_embeddings`.
@@ -215,14 +234,6 @@ impl<B: Backend> ClipTextModel<B> {
             )));
         }
         let device = input_ids.device();
-        let vocab = self.embeddings.token_embedding.weight.dims()[0] as i64;
-        let max_id = input_ids.clone().max().into_scalar().elem::<i64>();
-        let min_id = input_ids.clone().min().into_scalar().elem::<i64>();
-        if min_id < 0 || max_id >= vocab {
-            return Err(ModelError::InvalidInput(format!(
-                "token ids must lie in 0..{vocab}; found ids in {min_id}..={max_id}"
-            )));
-        }
         // 1. Token embeddings + learned position embeddings for positions 0..seq.
         let positions = Tensor::<B, 1, Int>::arange(0..seq as i64, &device).reshape([1, seq]);
         let hidden = self.embeddings.token_embedding.forward(input_ids.clone())

@@ -135,7 +135,8 @@ impl<B: Backend> UNet2DConditionModel<B> {
     ///
     /// # Shapes
     /// - `sample`: `[batch, in_channels, h, w]`
-    /// - `timesteps`: `[batch]` (float; fractional timesteps allowed)
+    /// - `timesteps`: `batch` host values (fractional timesteps allowed); the sinusoid is computed
+    ///   on the host, so the pass never reads from the device
     /// - `encoder_hidden_states`: `[batch, tokens, cross_attention_dim]`
     /// - `timestep_cond`: `[batch, time_cond_proj_dim]`, required iff the model has `cond_proj`
     ///
@@ -143,13 +144,13 @@ impl<B: Backend> UNet2DConditionModel<B> {
     pub fn forward(
         &self,
         sample: Tensor<B, 4>,
-        timesteps: Tensor<B, 1>,
+        timesteps: &[f32],
         encoder_hidden_states: Tensor<B, 3>,
         timestep_cond: Option<Tensor<B, 2>>,
     ) -> Result<Tensor<B, 4>> {
         self.check_inputs(
             &sample,
-            &timesteps,
+            timesteps,
             &encoder_hidden_states,
             timestep_cond.as_ref(),
         )?;
@@ -165,6 +166,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
             self.time_proj_dim,
             self.flip_sin_to_cos,
             self.freq_shift,
+            &sample.device(),
         );
         let emb = self.time_embedding.forward(t_emb, timestep_cond);
         // 2. Pre-process.
@@ -202,7 +204,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
     fn check_inputs(
         &self,
         sample: &Tensor<B, 4>,
-        timesteps: &Tensor<B, 1>,
+        timesteps: &[f32],
         context: &Tensor<B, 3>,
         cond: Option<&Tensor<B, 2>>,
     ) -> Result<()> {
@@ -213,10 +215,15 @@ impl<B: Backend> UNet2DConditionModel<B> {
                 "UNet sample has {channels} channels; the model expects {expected_channels}"
             )));
         }
-        if timesteps.dims()[0] != batch {
+        if timesteps.len() != batch {
             return Err(ModelError::InvalidInput(format!(
                 "UNet got {} timesteps for a batch of {batch}",
-                timesteps.dims()[0]
+                timesteps.len()
+            )));
+        }
+        if let Some(t) = timesteps.iter().find(|t| !t.is_finite()) {
+            return Err(ModelError::InvalidInput(format!(
+                "UNet timestep {t} is not a finite number"
             )));
         }
         let [cb, _, cd] = context.dims();

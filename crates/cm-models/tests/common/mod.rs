@@ -22,13 +22,12 @@ pub fn fixtures() -> PathBuf {
 /// Reads a golden tensor file.
 pub fn golden(name: &str) -> BTreeMap<String, TensorData> {
     let path = fixtures().join("golden").join(name);
-    cm_models::safetensors_io::read_tensors(&path)
-        .unwrap_or_else(|e| panic!("cannot read fixture: {e}"))
+    cm_io::read_tensors(&path).unwrap_or_else(|e| panic!("cannot read fixture: {e}"))
 }
 
 /// `||ours - reference|| / ||reference||` (infinite on a shape mismatch or an all-zero reference).
 #[allow(unused_imports)]
-pub use cm_models::compare::relative_error;
+pub use cm_io::compare::relative_error;
 
 /// A fresh, empty folder under the system temp dir for one test.
 pub fn temp_dir(name: &str) -> PathBuf {
@@ -40,7 +39,7 @@ pub fn temp_dir(name: &str) -> PathBuf {
 
 /// An fp16 copy of a safetensors file (float tensors converted), in a temp folder.
 pub fn fp16_copy(path: &std::path::Path, name: &str) -> PathBuf {
-    let tensors: BTreeMap<String, TensorData> = cm_models::safetensors_io::read_tensors(path)
+    let tensors: BTreeMap<String, TensorData> = cm_io::read_tensors(path)
         .unwrap()
         .into_iter()
         .map(|(k, v)| {
@@ -53,6 +52,6 @@ pub fn fp16_copy(path: &std::path::Path, name: &str) -> PathBuf {
         })
         .collect();
     let out = temp_dir(name).join(path.file_name().unwrap());
-    cm_models::safetensors_io::write_tensors(&out, &tensors, &BTreeMap::new()).unwrap();
+    cm_io::write_tensors(&out, &tensors, &BTreeMap::new()).unwrap();
     out
 }

@@ -1,4 +1,5 @@
-//! Comparing tensors against reference values (golden tests, parity checks, benchmarks).
+//! Comparing tensors against reference values (golden tests, parity checks, benchmarks): the one
+//! definition of "relative error" the whole workspace quotes.
 
 use burn::tensor::TensorData;
 
