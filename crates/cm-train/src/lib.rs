@@ -1,4 +1,40 @@
-//! The consistency engine: text-to-image sampling with any of our samplers (this file's
-//! [`sampling`] module), and, with the [train] issue, CT / CD / multi-boundary CD training.
+//! The consistency engine: one training step for consistency training (CT), consistency
+//! distillation with a guided teacher (CD) and multi-boundary CD; the loop around it; the
+//! Gaussian-mixture oracle that checks both; and text-to-image sampling.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`config`] | the TOML run config (presets, file, overrides; unknown keys refused) |
+//! | [`denoiser`] | the [`denoiser::Denoiser`] trait the step sees (SD UNet, oracle MLP, exact mixture), guidance |
+//! | [`draws`] | the seeded random inputs of a step |
+//! | [`step`] | THE consistency step (steps 1-5 of `docs/training.md`) |
+//! | [`diffusion`] | the denoising objective (teachers, student initialisation); the [`diffusion::Objective`] trait |
+//! | [`params`] | trainable parameters by path: ids, values, gradients, norms, EMA |
+//! | [`lr`] | learning-rate schedules as functions of the step |
+//! | [`trainer`] | the loop: accumulation, clipping, AdamW, NaN guard, target network |
+//! | [`checkpoint`] | atomic checkpoints of what trains, exact resume |
+//! | [`metrics`] | JSON-lines log, loss-curve and scatter PNGs, progress lines |
+//! | [`session`] | the loop's cadence: progress, metrics, validation, checkpoints, resume |
+//! | [`parallel`] | data-parallel gradient averaging through burn-collective |
+//! | [`sampler`] | DDIM and consistency samplers over any denoiser |
+//! | [`oracle`] | the exact Gaussian-mixture teacher, the MLP student, SWD |
+//! | [`sampling`] | text-to-image sampling from a Stable Diffusion pipeline |
 
+pub mod checkpoint;
+pub mod config;
+pub mod denoiser;
+pub mod diffusion;
+pub mod draws;
+pub mod error;
+pub mod lr;
+pub mod metrics;
+pub mod oracle;
+pub mod parallel;
+pub mod params;
+pub mod sampler;
 pub mod sampling;
+pub mod session;
+pub mod step;
+pub mod trainer;
+
+pub use error::{Result, TrainError};
