@@ -2,7 +2,7 @@
 //! traversal in `session` reads and changes a layer without knowing its kind.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 use crate::{Geometry, LayerFactors, LoraConfig};
 
@@ -116,16 +116,35 @@ pub(crate) trait AdapterUpdate<B: Backend, const D: usize> {
 }
 
 /// `y + sum_a scale_a * update_a(x)` over the active, unmerged adapters (the shared forward pass).
+/// The factors are f32: an f16 / bf16 input is cast up for the adapter path and its update cast
+/// back to the base output's dtype (peft's behaviour with a half-precision base).
 pub(crate) fn add_updates<B: Backend, A: AdapterUpdate<B, D>, const D: usize>(
     mut y: Tensor<B, D>,
     x: Tensor<B, D>,
     adapters: &[A],
     metas: &[AdapterMeta],
 ) -> Tensor<B, D> {
-    for (adapter, meta) in adapters.iter().zip(metas) {
-        if meta.adds_output() {
-            y = y + adapter.update(x.clone()) * meta.scale();
-        }
+    let active: Vec<(&A, &AdapterMeta)> = adapters
+        .iter()
+        .zip(metas)
+        .filter(|(_, m)| m.adds_output())
+        .collect();
+    if active.is_empty() {
+        return y;
+    }
+    let out_dtype = y.dtype();
+    let x = if x.dtype() == DType::F32 {
+        x
+    } else {
+        x.cast(DType::F32)
+    };
+    for (adapter, meta) in active {
+        let update = adapter.update(x.clone()) * meta.scale();
+        y = y + if out_dtype == DType::F32 {
+            update
+        } else {
+            update.cast(out_dtype)
+        };
     }
     y
 }

@@ -1,9 +1,9 @@
-//! Tensor helpers shared by the adaptable layers: factors from file data, dtype matching, folding
-//! an update into a frozen parameter.
+//! Tensor helpers shared by the adaptable layers: factors from file data, f32 factors, folding an
+//! update into a frozen parameter.
 
 use burn::module::Param;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 
 /// A factor read from a file (any float dtype, already shape-checked) as a tensor on `device`.
 pub(crate) fn factor_tensor<B: Backend, const D: usize>(
@@ -11,23 +11,6 @@ pub(crate) fn factor_tensor<B: Backend, const D: usize>(
     device: &B::Device,
 ) -> Tensor<B, D> {
     Tensor::from_data(data.clone().convert::<f32>(), device)
-}
-
-/// `factor` in the dtype of `base` (an fp16 UNet gets fp16 adapters) when the base is materialised;
-/// untouched while the base is still lazily uninitialised.
-pub(crate) fn like_base<B: Backend, const D: usize, const E: usize>(
-    factor: Param<Tensor<B, D>>,
-    base: &Param<Tensor<B, E>>,
-) -> Param<Tensor<B, D>> {
-    if !base.is_initialized() {
-        return factor;
-    }
-    let dtype = base.val().dtype();
-    if factor.val().dtype() == dtype {
-        factor
-    } else {
-        Param::from_tensor(factor.val().cast(dtype))
-    }
 }
 
 /// `param + update`, keeping the parameter's id and its `require_grad` flag.
@@ -44,16 +27,25 @@ pub(crate) fn add_to_param<B: Backend, const D: usize>(
         .set_require_grad(require_grad)
 }
 
-/// Puts a new adapter's factors (and `up`'s optional bias) in the dtype of the base weight.
-pub(crate) fn match_base_dtype<B: Backend, const D: usize, const E: usize>(
+/// Puts a new adapter's factors (and `up`'s optional bias) in f32, whatever the base's dtype:
+/// as diffusers / peft keep them, so that an f16 / bf16 frozen base trains f32 factors (the
+/// forward pass casts at the adapter's boundary, see `adapter::add_updates`).
+pub(crate) fn keep_f32<B: Backend, const D: usize>(
     down: &mut Param<Tensor<B, D>>,
     up: &mut Param<Tensor<B, D>>,
     up_bias: &mut Option<Param<Tensor<B, 1>>>,
-    base: &Param<Tensor<B, E>>,
 ) {
-    *down = like_base(down.clone(), base);
-    *up = like_base(up.clone(), base);
-    *up_bias = up_bias.take().map(|b| like_base(b, base));
+    fn f32_param<B: Backend, const D: usize>(p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if p.val().dtype() == DType::F32 {
+            p
+        } else {
+            let require_grad = p.val().is_require_grad();
+            p.map(|t| t.cast(DType::F32).detach().set_require_grad(require_grad))
+        }
+    }
+    *down = f32_param(down.clone());
+    *up = f32_param(up.clone());
+    *up_bias = up_bias.take().map(f32_param);
 }
 
 /// `weight += delta` and `bias += scale * up_bias` (merge with a positive scale, unmerge with a

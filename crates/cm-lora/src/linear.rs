@@ -6,7 +6,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::adapter::{add_updates, AdaptableLayer, AdapterMeta, AdapterUpdate, LayerInfo};
-use crate::factors::{factor_tensor, fold_into, match_base_dtype};
+use crate::factors::{factor_tensor, fold_into, keep_f32};
 use crate::{Geometry, LayerFactors, LoraConfig};
 
 /// The factors of one adapter on a [`LoraLinear`]: `in -> r -> out`.
@@ -110,12 +110,7 @@ impl<B: Backend> AdaptableLayer<B> for LoraLinear<B> {
                 .as_ref()
                 .map(|b| Param::from_tensor(factor_tensor::<B, 1>(b, &device)));
         }
-        match_base_dtype(
-            &mut down.weight,
-            &mut up.weight,
-            &mut up.bias,
-            &self.base.weight,
-        );
+        keep_f32(&mut down.weight, &mut up.weight, &mut up.bias);
         let dropout = DropoutConfig::new(config.dropout).init();
         self.push(LinearAdapter { down, up, dropout }, meta);
     }

@@ -422,3 +422,61 @@ fn adapters_with_a_bias_merge_into_the_base_bias() {
         "{error}"
     );
 }
+
+/// Casts every float parameter to `dtype` (a half-precision frozen base).
+struct CastAll(burn::tensor::DType);
+impl<B: Backend> burn::module::ModuleMapper<B> for CastAll {
+    fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let dtype = self.0;
+        p.map(|t| t.cast(dtype))
+    }
+}
+
+#[test]
+fn factors_stay_f32_on_a_half_precision_base() {
+    use burn::tensor::DType;
+    type AD = Autodiff<B>;
+    let device = Default::default();
+    for dtype in [DType::BF16, DType::F16] {
+        let base: Toy<AD> = Toy {
+            block: Block {
+                to_q: LoraLinear::new(&LinearConfig::new(8, 8), &device),
+                conv1: LoraConv2d::new(&Conv2dConfig::new([3, 8], [3, 3]), &device),
+                shortcut: None,
+            },
+            to_out: vec![LoraLinear::new(&LinearConfig::new(8, 6), &device)],
+            proj: Projection::Linear(LoraLinear::new(&LinearConfig::new(6, 5), &device)),
+        };
+        let mut model = base.map(&mut CastAll(dtype));
+        inject(
+            &mut model,
+            "a",
+            &LoraConfig::new(2, 2.0),
+            &TargetSelector::names(["to_q", "conv1"]),
+        )
+        .unwrap();
+        let block = &model.block;
+        assert_eq!(block.to_q.base.weight.val().dtype(), dtype);
+        assert_eq!(block.to_q.adapters[0].down.weight.val().dtype(), DType::F32);
+        assert_eq!(block.conv1.adapters[0].up.weight.val().dtype(), DType::F32);
+        // The forward pass runs in the base dtype, the update in f32 cast back.
+        let image = Tensor::<AD, 4>::random([2, 3, 9, 9], Distribution::Normal(0.0, 1.0), &device)
+            .cast(dtype);
+        let h = block
+            .conv1
+            .forward(image)
+            .mean_dim(3)
+            .mean_dim(2)
+            .flatten::<2>(1, 3);
+        let out = block.to_q.forward(h);
+        assert_eq!(out.dtype(), dtype);
+        let grads = out.cast(DType::F32).powi_scalar(2).mean().backward();
+        let g = block.to_q.adapters[0]
+            .up
+            .weight
+            .grad(&grads)
+            .expect("a gradient");
+        assert_eq!(g.dtype(), DType::F32, "f32 gradients for f32 factors");
+        assert!(block.to_q.base.weight.grad(&grads).is_none());
+    }
+}

@@ -39,6 +39,10 @@ pub struct LoadOptions {
     pub dtype: DType,
     /// Accept file tensors that no parameter takes (listed in the report) instead of failing.
     pub allow_unused: bool,
+    /// Regexes of parameter keys (file naming) that may be absent from the file: they keep their
+    /// fresh initialisation and are listed in [`LoadReport::fresh`] (diffusers' `strict=False`
+    /// for exactly those modules, e.g. a student's new `cond_proj`).
+    pub fresh: Vec<String>,
 }
 
 impl Default for LoadOptions {
@@ -48,6 +52,7 @@ impl Default for LoadOptions {
             ignore: Vec::new(),
             dtype: DType::F32,
             allow_unused: false,
+            fresh: Vec::new(),
         }
     }
 }
@@ -68,6 +73,12 @@ impl LoadOptions {
     /// Sets the float dtype the parameters get.
     pub fn with_dtype(mut self, dtype: DType) -> Self {
         self.dtype = dtype;
+        self
+    }
+
+    /// Lets parameters matching `pattern` be absent (freshly initialised, reported).
+    pub fn fresh(mut self, pattern: &str) -> Self {
+        self.fresh.push(pattern.to_string());
         self
     }
 
@@ -93,6 +104,9 @@ pub struct LoadReport {
     pub ignored: Vec<String>,
     /// File keys that no parameter took (only non-empty with `allow_unused`).
     pub unused: Vec<String>,
+    /// Parameters the file does not have that kept their fresh initialisation (see
+    /// [`LoadOptions::fresh`]).
+    pub fresh: Vec<String>,
 }
 
 impl std::fmt::Display for LoadReport {
@@ -111,7 +125,11 @@ impl std::fmt::Display for LoadReport {
             self.dtype,
             self.ignored.len(),
             self.unused.len()
-        )
+        )?;
+        if !self.fresh.is_empty() {
+            write!(f, ", freshly initialised: {}", self.fresh.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -299,6 +317,8 @@ where
     )?;
     let replacements: Vec<String> = options.remap.iter().map(|(_, t)| t.clone()).collect();
     let ignore = compile(&options.ignore, "ignore")?;
+    let fresh_patterns = compile(&options.fresh, "fresh")?;
+    let mut fresh = Vec::new();
 
     // 1. Read the file's header: a missing, truncated or corrupt file fails here, before any write.
     let header = SafetensorsHeader::read(path)?;
@@ -337,6 +357,9 @@ where
                         found: shape.clone(),
                     });
                 }
+            }
+            None if fresh_patterns.iter().any(|re| re.is_match(&info.torch_key)) => {
+                fresh.push(info.torch_key.clone())
             }
             None => errors.push(ModelError::MissingKey {
                 path: path.to_path_buf(),
@@ -420,6 +443,12 @@ where
         });
     }
     for (missing, _) in &result.missing {
+        let fresh_param = params
+            .get(missing)
+            .is_some_and(|p| fresh.contains(&p.torch_key));
+        if fresh_param {
+            continue;
+        }
         let expected = params
             .get(missing)
             .map(|p| p.burn_shape.clone())
@@ -451,6 +480,7 @@ where
         dtype: options.dtype,
         ignored,
         unused,
+        fresh,
     };
     Ok((module, report))
 }

@@ -225,3 +225,82 @@ fn integer_weights_are_refused_by_name_before_anything_is_read() {
         "{err}"
     );
 }
+
+#[test]
+fn a_student_with_a_guidance_embedding_is_made_from_a_teacher_folder() {
+    // diffusers' LCM script: UNet2DConditionModel(**teacher.config, time_cond_proj_dim=256) then
+    // load_state_dict(teacher, strict=False): every teacher weight loads, cond_proj stays fresh.
+    let teacher_dir = fixtures().join("tiny-sd/unet");
+    let (teacher, _, _) = UNet2DConditionModel::<B>::from_folder(
+        &teacher_dir,
+        WeightVariant::Full,
+        DType::F32,
+        &device(),
+    )
+    .unwrap();
+    let (student, config, report) = UNet2DConditionModel::<B>::student_from_teacher(
+        &teacher_dir,
+        256,
+        WeightVariant::Full,
+        DType::F32,
+        &device(),
+    )
+    .unwrap();
+    assert_eq!(config.time_cond_proj_dim, Some(256));
+    assert_eq!(
+        report.fresh,
+        vec!["time_embedding.cond_proj.weight".to_string()]
+    );
+    assert!(report
+        .to_string()
+        .contains("freshly initialised: time_embedding.cond_proj.weight"));
+    assert_eq!(report.applied, teacher.num_params_tensors());
+    assert_eq!(
+        student.conv_in.base.weight.val().into_data(),
+        teacher.conv_in.base.weight.val().into_data()
+    );
+    let cond = student.time_embedding.cond_proj.as_ref().unwrap();
+    assert_eq!(cond.base.weight.dims(), [256, 32]);
+    // A teacher that already has the same embedding loads as it is; another width is refused.
+    let lcm_dir = fixtures().join("tiny-unet-cond-proj");
+    let (_, _, report) = UNet2DConditionModel::<B>::student_from_teacher(
+        &lcm_dir,
+        256,
+        WeightVariant::Full,
+        DType::F32,
+        &device(),
+    )
+    .unwrap();
+    assert!(report.fresh.is_empty());
+    let err = UNet2DConditionModel::<B>::student_from_teacher(
+        &lcm_dir,
+        128,
+        WeightVariant::Full,
+        DType::F32,
+        &device(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("time_cond_proj_dim") && err.contains("128"),
+        "{err}"
+    );
+}
+
+trait TensorCount {
+    fn num_params_tensors(&self) -> usize;
+}
+
+impl TensorCount for UNet2DConditionModel<B> {
+    fn num_params_tensors(&self) -> usize {
+        struct Count(usize);
+        impl burn::module::ModuleVisitor<B> for Count {
+            fn visit_float<const D: usize>(&mut self, _: &burn::module::Param<Tensor<B, D>>) {
+                self.0 += 1;
+            }
+        }
+        let mut c = Count(0);
+        self.visit(&mut c);
+        c.0
+    }
+}

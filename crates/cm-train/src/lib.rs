@@ -14,6 +14,7 @@
 //! | [`trainer`] | the loop: accumulation, clipping, AdamW, NaN guard, target network |
 //! | [`checkpoint`] | atomic checkpoints of what trains, exact resume |
 //! | [`metrics`] | JSON-lines log, loss-curve and scatter PNGs, progress lines |
+//! | [`sd`] | the SD UNet as a denoiser (host timesteps, guidance embedding, half-precision bases) |
 //! | [`session`] | the loop's cadence: progress, metrics, validation, checkpoints, resume |
 //! | [`parallel`] | data-parallel gradient averaging through burn-collective |
 //! | [`sampler`] | DDIM and consistency samplers over any denoiser |
@@ -33,6 +34,7 @@ pub mod parallel;
 pub mod params;
 pub mod sampler;
 pub mod sampling;
+pub mod sd;
 pub mod session;
 pub mod step;
 pub mod trainer;

@@ -20,6 +20,7 @@ use cm_schedulers::solver::{DdimSolver, SolverVariant};
 
 use super::mixture::{ExactDenoiser, GaussianMixture};
 use super::mlp::{MlpConfig, MlpDenoiser};
+use super::swd::sliced_wasserstein;
 use crate::denoiser::Denoiser;
 use crate::diffusion::DiffusionStep;
 use crate::draws::{generator, normals, DrawSpec, GuidanceDraw};
@@ -336,4 +337,187 @@ pub fn student_sample<B: Backend, M: Denoiser<B, 2>>(
         Some(&vec![w; set.len()]),
         None,
     )
+}
+
+/// How much the oracle trains and measures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OracleBudget {
+    /// Denoising pretraining steps of the MLP (shared by every run).
+    pub pretrain_steps: u64,
+    /// CD steps (K = 1).
+    pub cd_steps: u64,
+    /// Multi-boundary CD steps (K = 4).
+    pub multiboundary_steps: u64,
+    /// CT steps.
+    pub ct_steps: u64,
+    /// Evaluation points per set.
+    pub eval_points: usize,
+    /// Teacher guidance `w`.
+    pub guidance: f32,
+}
+
+impl OracleBudget {
+    /// What CI runs (< 60 s on 2 cores).
+    pub fn ci() -> Self {
+        Self {
+            pretrain_steps: 2000,
+            cd_steps: 1500,
+            multiboundary_steps: 1000,
+            ct_steps: 1500,
+            eval_points: 2000,
+            guidance: 3.0,
+        }
+    }
+}
+
+/// Every number of one oracle evaluation, with the sample sets for plots.
+#[derive(Debug, Clone)]
+pub struct OracleReport {
+    /// The budget.
+    pub budget: OracleBudget,
+    /// Mean `|teacher 1-step DDIM - ODE|`.
+    pub teacher_one_step_error: f64,
+    /// Mean `|CD 1-step - ODE|`.
+    pub cd_error: f64,
+    /// Mean `|multi-boundary K = 4 (4 steps) - ODE|`.
+    pub multiboundary_error: f64,
+    /// SWD(CD 1-step, ODE endpoints).
+    pub cd_swd: f64,
+    /// SWD between two independent ODE endpoint sets (the floor).
+    pub ode_swd_floor: f64,
+    /// SWD(multi-boundary samples, ODE endpoints).
+    pub multiboundary_swd: f64,
+    /// SWD(CT 1-step, mixture samples).
+    pub ct_swd: f64,
+    /// SWD between two independent mixture sets (the floor).
+    pub data_swd_floor: f64,
+    /// Wall time of training, seconds.
+    pub train_seconds: f64,
+    /// Labels of the evaluation points.
+    pub labels: Vec<usize>,
+    /// `[n * 2]` sample sets: ODE endpoints, teacher 1-step, CD 1-step, multi-boundary, CT 1-step,
+    /// mixture data.
+    pub samples: Vec<(String, Vec<f32>)>,
+}
+
+/// Trains CD (K = 1), multi-boundary CD (K = 4) and CT from one pretrained MLP and measures them
+/// against the exact teacher (see the module docs).
+pub fn evaluate<B: AutodiffBackend>(
+    budget: OracleBudget,
+    device: &B::Device,
+) -> Result<OracleReport> {
+    let mixture = GaussianMixture::ring();
+    let w = budget.guidance;
+    let n = budget.eval_points;
+    let set = EvalSet::<B::InnerBackend>::new(&mixture, n, 12345, device);
+    let other = EvalSet::<B::InnerBackend>::new(&mixture, n, 54321, device);
+    let teacher: ExactDenoiser<B::InnerBackend> = mixture.denoiser(oracle_schedule(), device);
+    // The ODE endpoints of both sets in one pass.
+    let both = EvalSet {
+        noise: Tensor::cat(vec![set.noise.clone(), other.noise.clone()], 0),
+        labels: set.labels.iter().chain(&other.labels).copied().collect(),
+        condition: Tensor::cat(vec![set.condition.clone(), other.condition.clone()], 0),
+        uncondition: Tensor::cat(vec![set.uncondition.clone(), other.uncondition.clone()], 0),
+    };
+    let ode_both = host(teacher_ode(&teacher, &both, 1000, w)?);
+    let (ode, ode_other) = ode_both.split_at(n * 2);
+    let one_step = host(teacher_ode(&teacher, &set, 1, w)?);
+    let data = mixture.sample_classes(&set.labels, 1);
+    let data_other = mixture.sample_classes(&set.labels, 2);
+
+    let start = std::time::Instant::now();
+    let init = pretrain::<B>(
+        &mixture,
+        MlpConfig::default(),
+        budget.pretrain_steps,
+        0,
+        device,
+    )?;
+    // CD (and multi-boundary CD) with L2, CT with pseudo-Huber: the best of both measured here.
+    let cd_run = OracleRun {
+        lr: 2e-3,
+        loss: Loss::L2,
+        ..OracleRun::distillation(1, budget.cd_steps)
+    };
+    let (cd, _) = train::<B>(&cd_run, &mixture, init.clone(), device)?;
+    let mb_run = OracleRun {
+        lr: 2e-3,
+        loss: Loss::L2,
+        ..OracleRun::distillation(4, budget.multiboundary_steps)
+    };
+    let (mb, _) = train::<B>(&mb_run, &mixture, init.clone(), device)?;
+    let ct_run = OracleRun {
+        lr: 2e-3,
+        ..OracleRun::training(budget.ct_steps)
+    };
+    let (ct, _) = train::<B>(&ct_run, &mixture, init, device)?;
+    let train_seconds = start.elapsed().as_secs_f64();
+
+    let cd_samples = host(student_sample(&cd, &set, 1, w)?);
+    let mb_samples = host(student_sample(&mb, &set, 4, w)?);
+    let ct_samples = host(student_sample(&ct, &set, 1, 1.0)?);
+    let swd = |a: &[f32], b: &[f32]| sliced_wasserstein(a, b, 2, 256, 0);
+    Ok(OracleReport {
+        budget,
+        teacher_one_step_error: mean_distance(&one_step, ode, 2),
+        cd_error: mean_distance(&cd_samples, ode, 2),
+        multiboundary_error: mean_distance(&mb_samples, ode, 2),
+        cd_swd: swd(&cd_samples, ode_other),
+        ode_swd_floor: swd(ode, ode_other),
+        multiboundary_swd: swd(&mb_samples, ode_other),
+        ct_swd: swd(&ct_samples, &data_other),
+        data_swd_floor: swd(&data, &data_other),
+        train_seconds,
+        labels: set.labels.clone(),
+        samples: vec![
+            ("teacher ODE (DDIM 1000)".into(), ode.to_vec()),
+            ("teacher DDIM 1 step".into(), one_step),
+            ("CD, 1 step".into(), cd_samples),
+            ("multi-boundary K=4, 4 steps".into(), mb_samples),
+            ("CT (w = 1), 1 step".into(), ct_samples),
+            ("mixture data".into(), data),
+        ],
+    })
+}
+
+impl OracleReport {
+    /// The numbers as a Markdown table.
+    pub fn table(&self) -> String {
+        let t = self.teacher_one_step_error;
+        format!(
+            "| measurement | value | criterion |\n|---|---|---|\n\
+             | teacher DDIM 1-step error vs ODE | {t:.4} | (reference) |\n\
+             | CD 1-step error vs ODE | {:.4} ({:.1}x smaller) | >= 5x smaller |\n\
+             | multi-boundary K=4 error vs ODE | {:.4} ({:.1}x smaller) | >= 5x smaller |\n\
+             | SWD(CD 1-step, ODE endpoints) | {:.4} ({:.2}x floor {:.4}) | <= 2x floor |\n\
+             | SWD(multi-boundary, ODE endpoints) | {:.4} ({:.2}x floor) | (reported) |\n\
+             | SWD(CT 1-step, mixture) | {:.4} ({:.2}x floor {:.4}) | <= 2x floor |\n",
+            self.cd_error,
+            t / self.cd_error,
+            self.multiboundary_error,
+            t / self.multiboundary_error,
+            self.cd_swd,
+            self.cd_swd / self.ode_swd_floor,
+            self.ode_swd_floor,
+            self.multiboundary_swd,
+            self.multiboundary_swd / self.ode_swd_floor,
+            self.ct_swd,
+            self.ct_swd / self.data_swd_floor,
+            self.data_swd_floor,
+        )
+    }
+
+    /// Scatter plots of every sample set, coloured by class.
+    pub fn plot(&self, path: &std::path::Path) -> Result<()> {
+        let panels: Vec<crate::metrics::ScatterPanel> = self
+            .samples
+            .iter()
+            .map(|(title, points)| crate::metrics::ScatterPanel {
+                title: title.clone(),
+                points,
+                colours: &self.labels,
+            })
+            .collect();
+        crate::metrics::plot_scatter(&panels, 1.6, path)
+    }
 }
