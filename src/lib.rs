@@ -24,3 +24,4 @@ pub use cm_schedulers as schedulers;
 pub use cm_train as train;
 
 pub mod backend;
+pub mod cli;

@@ -19,8 +19,8 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::DType;
 use burn_store::{
-    ApplyError, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore,
-    SafetensorsStoreError, TensorSnapshot,
+    ApplyError, BurnToPyTorchAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter,
+    SafetensorsStore, SafetensorsStoreError, TensorSnapshot,
 };
 use regex::Regex;
 
@@ -506,4 +506,25 @@ fn did_you_mean<'a>(key: &str, candidates: impl Iterator<Item = &'a String>) -> 
         }
         None => String::new(),
     }
+}
+
+/// Every parameter of `module` in PyTorch's keys and layout (the inverse of [`load_safetensors`]
+/// without a remap table): `Linear` weights transposed to `[out, in]`, norm `gamma` / `beta` named
+/// `weight` / `bias`, enum variants left out of the keys. Write it with `cm_io::write_tensors`.
+pub fn export_tensors<B, M>(module: &M) -> Result<BTreeMap<String, burn::tensor::TensorData>>
+where
+    B: Backend,
+    M: Module<B> + ModuleSnapshot<B>,
+{
+    let mut out = BTreeMap::new();
+    for snapshot in module.collect(None, Some(Box::new(BurnToPyTorchAdapter)), true) {
+        let key = snapshot.full_path();
+        let data = snapshot.to_data().map_err(|e| ModelError::BadTensor {
+            path: PathBuf::from("<export>"),
+            key: key.clone(),
+            message: format!("{e:?}"),
+        })?;
+        out.insert(key, data);
+    }
+    Ok(out)
 }

@@ -15,10 +15,12 @@
 //! | [`checkpoint`] | atomic checkpoints of what trains, exact resume |
 //! | [`metrics`] | JSON-lines log, loss-curve and scatter PNGs, progress lines |
 //! | [`sd`] | the SD UNet as a denoiser (host timesteps, guidance embedding, half-precision bases) |
+//! | [`sd_data`] | SD training data: latent cache in memory or on-the-fly encoding, epoch order |
 //! | [`session`] | the loop's cadence: progress, metrics, validation, checkpoints, resume |
 //! | [`parallel`] | data-parallel gradient averaging through burn-collective |
 //! | [`sampler`] | DDIM and consistency samplers over any denoiser |
 //! | [`oracle`] | the exact Gaussian-mixture teacher, the MLP student, SWD |
+//! | [`run`] | a whole SD training run from a TOML config (what the examples call) |
 //! | [`sampling`] | text-to-image sampling from a Stable Diffusion pipeline |
 
 pub mod checkpoint;
@@ -32,9 +34,11 @@ pub mod metrics;
 pub mod oracle;
 pub mod parallel;
 pub mod params;
+pub mod run;
 pub mod sampler;
 pub mod sampling;
 pub mod sd;
+pub mod sd_data;
 pub mod session;
 pub mod step;
 pub mod trainer;

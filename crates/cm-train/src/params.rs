@@ -147,6 +147,68 @@ pub fn deterministic_ids<B: AutodiffBackend, M: Module<B>>(module: M) -> M {
     })
 }
 
+struct UniformInit<'a> {
+    stack: PathStack,
+    select: &'a dyn Fn(&str) -> bool,
+    seed: u64,
+    count: usize,
+}
+
+impl<B: Backend> ModuleMapper<B> for UniformInit<'_> {
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.stack.enter(name, container);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.stack.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let path = self.stack.path("param");
+        if !(self.select)(&path) {
+            return param;
+        }
+        let (id, value, mapper) = param.consume();
+        let dims = value.dims();
+        // fan_in: Burn's Linear weight is [in, out]; a conv weight is [out, in, kh, kw].
+        let fan_in = if self.stack.is_linear_weight() {
+            dims[0]
+        } else {
+            dims[1..].iter().product()
+        };
+        let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+        let mut rng = crate::draws::generator(self.seed, &[path_id(&path).val()]);
+        let values: Vec<f32> = (0..dims.iter().product::<usize>())
+            .map(|_| ((rand::RngExt::random::<f64>(&mut rng) * 2.0 - 1.0) * bound) as f32)
+            .collect();
+        let require_grad = value.is_require_grad();
+        let fresh = Tensor::<B, D>::from_data(TensorData::new(values, dims), &value.device())
+            .cast(value.dtype())
+            .set_require_grad(require_grad);
+        self.count += 1;
+        Param::from_mapped_value(id, fresh, mapper)
+    }
+}
+
+/// Re-initialises the parameters whose path `select` accepts with `U(-1/sqrt(fan_in),
+/// 1/sqrt(fan_in))` drawn on the host from `(seed, path)`: PyTorch's default `Linear` / `Conv2d`
+/// init and peft's `lora_A` init (`kaiming_uniform(a = sqrt(5))`), made independent of the
+/// backend's global RNG (which other threads may draw from), so that a run's initial values are a
+/// function of its seed. Returns the module and the number of parameters re-initialised.
+pub fn reinitialize_uniform<B: Backend, M: Module<B>>(
+    module: M,
+    select: &dyn Fn(&str) -> bool,
+    seed: u64,
+) -> (M, usize) {
+    let mut mapper = UniformInit {
+        stack: PathStack::default(),
+        select,
+        seed,
+        count: 0,
+    };
+    let module = module.map(&mut mapper);
+    let count = mapper.count;
+    (module, count)
+}
+
 struct Values<'a> {
     stack: PathStack,
     wanted: &'a HashMap<ParamId, String>,

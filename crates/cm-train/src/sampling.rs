@@ -10,6 +10,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use cm_models::pipeline::StableDiffusion;
+use cm_models::unet::UNet2DConditionModel;
 use cm_models::ModelError;
 use cm_schedulers::boundaries::BoundarySet;
 use cm_schedulers::config::{SchedulerClass, SchedulerConfig};
@@ -132,6 +133,31 @@ impl<B: Backend> NoiseSource<B> for SeededNoise {
     }
 }
 
+/// Noise drawn on the host from a seeded generator (the same on every backend): call `k` of the
+/// source gets the stream `(seed, k)`.
+pub struct HostNoise {
+    /// The seed.
+    pub seed: u64,
+    /// Calls so far.
+    pub calls: u64,
+}
+
+impl HostNoise {
+    /// A source starting at call 0.
+    pub fn new(seed: u64) -> Self {
+        Self { seed, calls: 0 }
+    }
+}
+
+impl<B: Backend> NoiseSource<B> for HostNoise {
+    fn noise(&mut self, shape: [usize; 4], device: &B::Device) -> Tensor<B, 4> {
+        let mut rng = crate::draws::generator(self.seed, &[self.calls, 7]);
+        self.calls += 1;
+        let values = crate::draws::normals(&mut rng, shape.iter().product());
+        Tensor::from_data(burn::tensor::TensorData::new(values, shape), device)
+    }
+}
+
 /// Noise replayed from a list (to reproduce another implementation's run exactly).
 pub struct ReplayNoise<B: Backend> {
     /// Tensors handed out in order.
@@ -158,7 +184,7 @@ pub struct StepProgress {
 }
 
 struct Denoiser<'a, B: Backend> {
-    sd: &'a StableDiffusion<B>,
+    unet: &'a UNet2DConditionModel<B>,
     cond: Tensor<B, 3>,
     uncond: Option<Tensor<B, 3>>,
     guidance: f32,
@@ -172,7 +198,7 @@ impl<B: Backend> Denoiser<'_, B> {
         match &self.uncond {
             None => {
                 let ts = vec![t as f32; batch];
-                Ok(self.sd.unet.forward(
+                Ok(self.unet.forward(
                     latents,
                     &ts,
                     self.cond.clone(),
@@ -184,7 +210,7 @@ impl<B: Backend> Denoiser<'_, B> {
                 let input = Tensor::cat(vec![latents.clone(), latents], 0);
                 let context = Tensor::cat(vec![uncond.clone(), self.cond.clone()], 0);
                 let ts = vec![t as f32; 2 * batch];
-                let out = self.sd.unet.forward(input, &ts, context, None)?;
+                let out = self.unet.forward(input, &ts, context, None)?;
                 let [u, c] = out.chunk(2, 0).try_into().expect("two halves");
                 Ok(u.clone() + (c - u) * self.guidance)
             }
@@ -196,6 +222,35 @@ impl<B: Backend> Denoiser<'_, B> {
 #[allow(clippy::too_many_arguments)]
 pub fn sample<B: Backend>(
     sd: &StableDiffusion<B>,
+    scheduler_config: &SchedulerConfig,
+    prompts: &[&str],
+    negative_prompts: &[&str],
+    options: &SampleOptions,
+    init_latents: Option<Tensor<B, 4>>,
+    noise: &mut dyn NoiseSource<B>,
+    progress: &mut dyn FnMut(StepProgress),
+    device: &B::Device,
+) -> Result<SampleOutput<B>, SampleError> {
+    sample_with_unet(
+        sd,
+        &sd.unet,
+        scheduler_config,
+        prompts,
+        negative_prompts,
+        options,
+        init_latents,
+        noise,
+        progress,
+        device,
+    )
+}
+
+/// [`sample`] with another UNet than the pipeline's (a student being trained, a distilled UNet):
+/// the pipeline provides the tokenizer, text encoder and VAE.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_with_unet<B: Backend>(
+    sd: &StableDiffusion<B>,
+    unet: &UNet2DConditionModel<B>,
     scheduler_config: &SchedulerConfig,
     prompts: &[&str],
     negative_prompts: &[&str],
@@ -245,7 +300,7 @@ pub fn sample<B: Backend>(
     ];
 
     // 1. Prompt embeddings; CFG only when w != 1 and the UNet has no guidance embedding.
-    let has_guidance_embedding = sd.unet.time_cond_proj_dim > 0;
+    let has_guidance_embedding = unet.time_cond_proj_dim > 0;
     let use_cfg = options.guidance_scale != 1.0 && !has_guidance_embedding;
     let prompt_refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let negative_refs: Vec<&str> = negative.iter().map(String::as_str).collect();
@@ -257,10 +312,10 @@ pub fn sample<B: Backend>(
     };
     let timestep_cond = has_guidance_embedding.then(|| {
         let w = vec![options.guidance_scale - 1.0; batch];
-        guidance_scale_embedding(&w, sd.unet.time_cond_proj_dim, device)
+        guidance_scale_embedding(&w, unet.time_cond_proj_dim, device)
     });
     let denoiser = Denoiser {
-        sd,
+        unet,
         cond,
         uncond,
         guidance: options.guidance_scale,

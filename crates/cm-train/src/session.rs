@@ -71,7 +71,8 @@ pub fn resume<B: AutodiffBackend, M: AutodiffModule<B>, O>(
     Ok(dir)
 }
 
-/// Runs `trainer` from its current step to `settings.steps`.
+/// Runs `trainer` from its current step to `settings.steps`; returns the records of the steps run
+/// by this call (the metrics log holds the whole run).
 pub fn run<B, M, O, S, T, H, const C: usize>(
     trainer: &mut Trainer<B, M, O>,
     source: &mut S,
@@ -84,7 +85,7 @@ where
     B: AutodiffBackend,
     M: AutodiffModule<B>,
     O: Objective<B, M, M::InnerModule, T, C>,
-    S: BatchSource<B::InnerBackend, C>,
+    S: BatchSource<B::InnerBackend, C> + ?Sized,
     H: SessionHooks<B, M>,
 {
     std::fs::create_dir_all(&options.out).map_err(|e| cm_io::IoError::write(&options.out, e))?;
@@ -92,6 +93,7 @@ where
     let mut metrics = MetricsLog::open(options.out.join("metrics.jsonl"), trainer.step)?;
     let progress = Progress::new(&options.label, trainer.step, total, options.log_every);
     let mut last_checkpoint: Option<PathBuf> = checkpoint::latest(&options.checkpoints())?;
+    let mut ran = Vec::new();
     while trainer.step < total {
         let record = match trainer.train_step(source, teacher, device) {
             Ok(r) => r,
@@ -115,6 +117,7 @@ where
             Err(e) => return Err(e),
         };
         metrics.push(record)?;
+        ran.push(record);
         if options.print {
             if let Some(line) = progress.line(&record) {
                 println!("{line}");
@@ -138,5 +141,5 @@ where
             )?;
         }
     }
-    Ok(metrics.records().to_vec())
+    Ok(ran)
 }

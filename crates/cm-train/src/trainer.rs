@@ -222,7 +222,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O> Trainer<B, M, O> {
     ) -> Result<StepRecord>
     where
         O: Objective<B, M, M::InnerModule, T, C>,
-        S: BatchSource<B::InnerBackend, C>,
+        S: BatchSource<B::InnerBackend, C> + ?Sized,
     {
         <O as Objective<B, M, M::InnerModule, T, C>>::validate(&self.objective)?;
         let start = Instant::now();

@@ -1,0 +1,609 @@
+//! A Stable Diffusion training run from a [`RunConfig`]: what the three examples
+//! (`consistency_training`, `consistency_distill`, `multiboundary_distill`) call.
+//!
+//! 1. Check the config and the output folder (nothing is loaded before that); save `config.toml`.
+//! 2. Load the teacher pipeline (frozen parts in `model.frozen_dtype`).
+//! 3. The data: captioned images -> latent cache (or on-the-fly encoding).
+//! 4. The student: LoRA adapters on the teacher's UNet (the frozen base IS the teacher: one copy of
+//!    its weights), or the whole UNet (a separate frozen teacher); an LCM-style guidance embedding
+//!    when asked.
+//! 5. The consistency step and the loop settings; resume from the newest checkpoint if asked.
+//! 6. The session: progress, metrics, validation grids, checkpoints.
+//! 7. The outputs: `pytorch_lora_weights.safetensors` (diffusers / peft keys) or `unet/`
+//!    (a diffusers UNet folder), the comparison grid and a summary.
+//!
+//! Output folder:
+//! ```text
+//! config.toml  metrics.jsonl  loss.png  comparison.png  samples/step-*.png  checkpoints/
+//! pytorch_lora_weights.safetensors | unet/   data/ (built-in data)  cache/ (latents)
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+use burn::backend::Autodiff;
+use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, Tensor};
+use cm_lora::{LoraConfig, LoraFormat, TargetSelector};
+use cm_models::pipeline::{PipelineLoadOptions, StableDiffusion, WeightVariant};
+use cm_models::unet::UNet2DConditionModel;
+use cm_schedulers::boundaries::BoundarySet;
+use cm_schedulers::config::{SchedulerClass, SchedulerConfig};
+use cm_schedulers::schedule::NoiseSchedule;
+use cm_schedulers::solver::{DdimSolver, SolverVariant};
+
+use crate::config::{LatentMode, Method, RunConfig, SolverVariantName, Trainable};
+use crate::draws::{DrawSpec, GuidanceDraw};
+use crate::error::{Result, TrainError};
+use crate::lr::LrSchedule;
+use crate::sampling::{sample_with_unet, HostNoise, SampleOptions, SamplerKind};
+use crate::sd::SdUnet;
+use crate::sd_data::{items, load_latents, LatentSource, OnTheFlySource};
+use crate::session::{self, SessionHooks, SessionOptions};
+use crate::step::{ConsistencyStep, Neighbour};
+use crate::trainer::{BatchSource, LoopSettings, StepRecord, Trainer};
+
+/// The LoRA adapter's name in the student (and in checkpoints).
+pub const ADAPTER: &str = "train";
+
+/// Module path of a student's fresh guidance-embedding projection.
+const FRESH_COND_PROJ: &str = "time_embedding.cond_proj.weight";
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// The output folder.
+    pub out: PathBuf,
+    /// The LoRA file (LoRA runs).
+    pub lora: Option<PathBuf>,
+    /// The UNet folder (whole-UNet runs).
+    pub unet: Option<PathBuf>,
+    /// The last comparison grid.
+    pub comparison: PathBuf,
+    /// The checkpoint the run resumed from.
+    pub resumed_from: Option<PathBuf>,
+    /// One record per step run in this process.
+    pub records: Vec<StepRecord>,
+    /// Wall time, seconds.
+    pub seconds: f64,
+}
+
+/// Runs `config` on backend `B` (autodiff with or without gradient checkpointing, as configured).
+pub fn run<B: Backend>(config: &RunConfig, resume: bool, device: &B::Device) -> Result<RunOutcome> {
+    if config.model.gradient_checkpointing {
+        run_on::<Autodiff<B, BalancedCheckpointing>>(config, resume, device)
+    } else {
+        run_on::<Autodiff<B>>(config, resume, device)
+    }
+}
+
+/// Checks everything that does not need the weights: the config, the teacher folder's files,
+/// the data source and the output folder (so a mistake costs seconds, not a model load).
+pub fn preflight(config: &RunConfig, resume: bool) -> Result<PathBuf> {
+    config.validate()?;
+    let teacher = config.model.teacher.clone().ok_or_else(|| {
+        TrainError::Invalid("no teacher: set `model.teacher` or pass --teacher DIR".into())
+    })?;
+    for file in [
+        "model_index.json",
+        "unet/config.json",
+        "vae/config.json",
+        "text_encoder/config.json",
+    ] {
+        let path = teacher.join(file);
+        if !path.is_file() {
+            return Err(TrainError::Config {
+                path: teacher.clone(),
+                message: format!(
+                    "the teacher folder has no {file}: expected a diffusers Stable Diffusion folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
+                ),
+            });
+        }
+    }
+    if config.model.guidance_embedding_dim > 0 && config.model.trainable == Trainable::Lora {
+        return Err(TrainError::Invalid(
+            "`model.guidance_embedding_dim` adds a fresh cond_proj layer that a LoRA file cannot carry: set model.trainable = \"unet\"".into(),
+        ));
+    }
+    for (key, path) in [
+        ("data.dir", &config.data.dir),
+        ("data.coco", &config.data.coco),
+        ("data.csv", &config.data.csv),
+        ("data.images", &config.data.images),
+    ] {
+        if let Some(p) = path {
+            if !p.exists() {
+                return Err(TrainError::Config {
+                    path: p.clone(),
+                    message: format!("`{key}` does not exist"),
+                });
+            }
+        }
+    }
+    let out = config.output.dir.clone();
+    if out.exists() && !out.is_dir() {
+        return Err(TrainError::Config {
+            path: out,
+            message: "the output path exists and is not a folder".into(),
+        });
+    }
+    std::fs::create_dir_all(&out).map_err(|e| cm_io::IoError::write(&out, e))?;
+    let earlier = crate::checkpoint::latest(&out.join("checkpoints"))?;
+    if let (Some(found), false) = (&earlier, resume) {
+        return Err(TrainError::Config {
+            path: found.clone(),
+            message: "this output folder holds an earlier run's checkpoint: pass --resume to continue it, or choose another --out".into(),
+        });
+    }
+    Ok(teacher)
+}
+
+struct Cast(DType);
+
+impl<B: Backend> ModuleMapper<B> for Cast {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let dtype = self.0;
+        param.map(|t| if t.dtype() == dtype { t } else { t.cast(dtype) })
+    }
+}
+
+struct RequireGrad(bool);
+
+impl<B: Backend> ModuleMapper<B> for RequireGrad {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        param.set_require_grad(self.0)
+    }
+}
+
+fn run_on<A: AutodiffBackend>(
+    config: &RunConfig,
+    resume: bool,
+    device: &A::Device,
+) -> Result<RunOutcome> {
+    let start = Instant::now();
+    // 1. Everything that needs no weights.
+    let teacher_dir = preflight(config, resume)?;
+    let out = config.output.dir.clone();
+    cm_io::write_atomically(&out.join("config.toml"), config.to_toml().as_bytes())?;
+
+    // 2. The teacher pipeline.
+    let lora = config.model.trainable == Trainable::Lora;
+    let frozen = config.model.frozen_dtype.dtype();
+    let sd = StableDiffusion::<A::InnerBackend>::load(
+        &teacher_dir,
+        PipelineLoadOptions {
+            variant: WeightVariant::Auto,
+            unet_dtype: if lora { frozen } else { DType::F32 },
+            frozen_dtype: frozen,
+        },
+        device,
+    )?;
+    for report in &sd.reports {
+        println!("  {report}");
+    }
+    let scheduler_config = SchedulerConfig::from_json_value_as(
+        &sd.scheduler_config,
+        &sd.scheduler_config_path(),
+        Some(SchedulerClass::Ddim),
+    )?;
+    let schedule = NoiseSchedule::new(&scheduler_config);
+    let prediction_type = scheduler_config.prediction_type;
+    let factor = sd.vae_scale_factor();
+    let resolution = config
+        .data
+        .resolution
+        .unwrap_or((sd.unet_config.sample_size.unwrap_or(64) * factor) as u32);
+    if !(resolution as usize).is_multiple_of(factor) {
+        return Err(TrainError::Invalid(format!(
+            "`data.resolution` {resolution} is not a multiple of the VAE's down-sampling factor {factor}"
+        )));
+    }
+
+    // 3. Data.
+    let items = items(&config.data, resolution, &out)?;
+    let global_batch = config.train.batch_size * config.train.gradient_accumulation as usize;
+    let mut source: Box<dyn BatchSource<A::InnerBackend, 3> + '_> = match config.data.latents {
+        LatentMode::Cache => {
+            let cache_dir = config
+                .data
+                .cache_dir
+                .clone()
+                .unwrap_or_else(|| out.join("cache"));
+            let data = load_latents(
+                &sd,
+                items,
+                resolution,
+                config.data.skip_bad,
+                &cache_dir,
+                device,
+            )?;
+            println!(
+                "data: {} images at {resolution} px -> latents {:?}{}",
+                data.len(),
+                data.latent_shape,
+                if data.skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} unreadable skipped", data.skipped.len())
+                }
+            );
+            Box::new(LatentSource::new(data, global_batch, config.train.seed))
+        }
+        LatentMode::OnTheFly => Box::new(OnTheFlySource::new(
+            &sd,
+            items,
+            resolution,
+            config.data.skip_bad,
+            global_batch,
+            config.train.seed,
+            device,
+        )?),
+    };
+
+    // 4. Student and teacher.
+    let base = if config.model.guidance_embedding_dim > 0 {
+        let (unet, _, report) = UNet2DConditionModel::<A::InnerBackend>::student_from_teacher(
+            teacher_dir.join("unet"),
+            config.model.guidance_embedding_dim,
+            WeightVariant::Auto,
+            DType::F32,
+            device,
+        )?;
+        println!("  student: {report}");
+        unet
+    } else {
+        sd.unet.clone()
+    };
+    let mut student_unet = UNet2DConditionModel::<A>::from_inner(base);
+    if lora {
+        let report = cm_lora::inject(
+            &mut student_unet,
+            ADAPTER,
+            &LoraConfig::new(config.model.lora_rank, config.model.lora_alpha),
+            &TargetSelector::names(&config.model.lora_targets),
+        )?;
+        println!("  {report}");
+    } else {
+        student_unet = student_unet.map(&mut RequireGrad(true));
+    }
+    // Fresh parameters (LoRA `down` factors, a new `cond_proj`) from the run's seed, on the host.
+    let fresh = |path: &str| path.ends_with(".lora.0.down.weight") || path == FRESH_COND_PROJ;
+    student_unet = crate::params::reinitialize_uniform(student_unet, &fresh, config.train.seed).0;
+    let student = SdUnet {
+        unet: student_unet,
+        prediction_type,
+    };
+    let teacher = (config.method != Method::Ct).then(|| SdUnet {
+        unet: if lora {
+            sd.unet.clone()
+        } else {
+            sd.unet.clone().map(&mut Cast(frozen))
+        },
+        prediction_type,
+    });
+
+    // 5. Step, loop, resume.
+    let consistency = consistency_step(config, &schedule)?;
+    let settings = loop_settings(config);
+    let mut trainer = Trainer::new(student, settings, consistency)?;
+    println!(
+        "{}: {} trainable parameters, {} steps of {} x {} examples",
+        config.method.name(),
+        trainer.trainable_count(),
+        config.train.steps,
+        config.train.batch_size,
+        config.train.gradient_accumulation
+    );
+    let options = SessionOptions {
+        out: out.clone(),
+        log_every: config.output.log_every,
+        checkpoint_every: config.output.checkpoint_every,
+        keep_checkpoints: config.output.keep_checkpoints,
+        validate_every: config.output.validate_every,
+        label: config.method.name().to_string(),
+        run: serde_json::to_value(config).expect("serialisable"),
+        print: true,
+    };
+    let resumed_from = if resume {
+        let used = session::resume(&mut trainer, &options, None)?;
+        match &used {
+            Some(dir) => println!("resumed from {} (step {})", dir.display(), trainer.step),
+            None => println!(
+                "--resume: no checkpoint under {}, starting at step 0",
+                options.checkpoints().display()
+            ),
+        }
+        used
+    } else {
+        None
+    };
+
+    // 6. The session.
+    let mut hooks = Validation::new(config, &sd, &scheduler_config, resolution, out.clone())?;
+    let records = session::run(
+        &mut trainer,
+        source.as_mut(),
+        teacher.as_ref(),
+        &mut hooks,
+        &options,
+        device,
+    )?;
+    drop(source);
+
+    // 7. Outputs.
+    let model = trainer.inference_model();
+    let (lora_path, unet_path) = if lora {
+        let path = out.join("pytorch_lora_weights.safetensors");
+        let dtype = config.output.lora_dtype.dtype();
+        cm_models::lora_file::save_from(&model.unet, ADAPTER, &path, LoraFormat::Peft, dtype)?;
+        (Some(path), None)
+    } else {
+        let dir = out.join("unet");
+        save_unet(
+            &model.unet,
+            &teacher_dir.join("unet/config.json"),
+            config.model.guidance_embedding_dim,
+            &dir,
+        )?;
+        (None, Some(dir))
+    };
+    let outcome = RunOutcome {
+        comparison: out.join("comparison.png"),
+        out,
+        lora: lora_path,
+        unet: unet_path,
+        resumed_from,
+        records,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    print_summary(config, &outcome);
+    Ok(outcome)
+}
+
+/// The consistency step a config describes.
+pub fn consistency_step(config: &RunConfig, schedule: &NoiseSchedule) -> Result<ConsistencyStep> {
+    let c = &config.consistency;
+    let t = schedule.num_train_timesteps();
+    let boundaries = match &c.boundaries {
+        Some(list) => BoundarySet::explicit(list, t)?,
+        None => BoundarySet::evenly_spaced(c.segments, t, c.solver_steps)?,
+    };
+    let variant = match c.solver_variant {
+        SolverVariantName::Diffusers => SolverVariant::Diffusers,
+        SolverVariantName::Seed => SolverVariant::Seed,
+    };
+    Ok(ConsistencyStep {
+        schedule: schedule.clone(),
+        solver: DdimSolver::new(schedule.clone(), c.solver_steps, variant)?,
+        boundaries,
+        parameterisation: c.parameterisation,
+        timestep_scaling: c.timestep_scaling,
+        loss: c.loss,
+        neighbour: if config.method == Method::Ct {
+            Neighbour::Analytic
+        } else {
+            Neighbour::Teacher
+        },
+    })
+}
+
+/// The loop settings a config describes.
+pub fn loop_settings(config: &RunConfig) -> LoopSettings {
+    let t = &config.train;
+    LoopSettings {
+        steps: t.steps,
+        seed: t.seed,
+        batch_size: t.batch_size,
+        accumulation: t.gradient_accumulation,
+        lr: LrSchedule {
+            lr: t.lr,
+            warmup_steps: t.warmup_steps,
+            decay: t.lr_decay,
+        },
+        adamw: t.adamw,
+        max_grad_norm: t.max_grad_norm,
+        target: config.consistency.target,
+        draws: DrawSpec {
+            grid_points: config.consistency.solver_steps,
+            guidance: config.consistency.guidance,
+            condition_dropout: config.consistency.condition_dropout,
+        },
+    }
+}
+
+/// Writes a UNet as a diffusers `unet/` folder: the teacher's `config.json` (with the student's
+/// `time_cond_proj_dim`) and `diffusion_pytorch_model.safetensors` in diffusers' keys and layout.
+pub fn save_unet<B: Backend>(
+    unet: &UNet2DConditionModel<B>,
+    teacher_config: &Path,
+    guidance_embedding_dim: usize,
+    dir: &Path,
+) -> Result<()> {
+    let text = std::fs::read_to_string(teacher_config)
+        .map_err(|e| cm_io::IoError::read(teacher_config, e))?;
+    let mut json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| TrainError::Config {
+            path: teacher_config.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    if guidance_embedding_dim > 0 {
+        json["time_cond_proj_dim"] = serde_json::json!(guidance_embedding_dim);
+    }
+    let tensors = cm_models::weights::export_tensors(unet)?;
+    cm_io::write_dir_atomically(dir, |tmp| {
+        cm_io::write_atomically(
+            &tmp.join("config.json"),
+            &serde_json::to_vec_pretty(&json).expect("json"),
+        )?;
+        cm_io::write_tensors(
+            tmp.join("diffusion_pytorch_model.safetensors"),
+            &tensors,
+            &Default::default(),
+        )
+    })?;
+    Ok(())
+}
+
+/// The validation grid: rows are the validation prompts, columns the teacher (DDIM 50 and 4 steps
+/// with CFG) and the student (1, 2 and 4 steps; a multi-boundary student with its K steps). Every
+/// cell of a row starts from the same noise.
+struct Validation<'a, B: Backend> {
+    sd: &'a StableDiffusion<B>,
+    scheduler: SchedulerConfig,
+    prompts: Vec<String>,
+    seed: u64,
+    size: usize,
+    teacher_guidance: f32,
+    student_columns: Vec<(SamplerKind, usize)>,
+    teacher_cells: Option<Vec<image::RgbImage>>,
+    out: PathBuf,
+}
+
+impl<'a, B: Backend> Validation<'a, B> {
+    fn new(
+        config: &RunConfig,
+        sd: &'a StableDiffusion<B>,
+        scheduler: &SchedulerConfig,
+        resolution: u32,
+        out: PathBuf,
+    ) -> Result<Self> {
+        let teacher_guidance = match config.consistency.guidance {
+            GuidanceDraw::Fixed(w) => w,
+            GuidanceDraw::Uniform { min, max } => 0.5 * (min + max),
+        };
+        let student_columns = match config.method {
+            Method::Multiboundary => vec![(
+                SamplerKind::MultiBoundary {
+                    boundaries: config.consistency.segments,
+                },
+                config.consistency.segments,
+            )],
+            _ => vec![
+                (SamplerKind::Lcm, 1),
+                (SamplerKind::Lcm, 2),
+                (SamplerKind::Lcm, 4),
+            ],
+        };
+        Ok(Self {
+            sd,
+            scheduler: scheduler.clone(),
+            prompts: config.output.validation_prompts.clone(),
+            seed: config.output.validation_seed,
+            size: resolution as usize,
+            teacher_guidance: if config.method == Method::Ct {
+                1.0
+            } else {
+                teacher_guidance
+            },
+            student_columns,
+            teacher_cells: None,
+            out,
+        })
+    }
+
+    fn cells(
+        &self,
+        unet: &UNet2DConditionModel<B>,
+        sampler: SamplerKind,
+        steps: usize,
+        guidance: f32,
+    ) -> Result<Vec<image::RgbImage>> {
+        let device = self.sd.unet.conv_in.base.weight.val().device();
+        let mut cells = Vec::with_capacity(self.prompts.len());
+        for (i, prompt) in self.prompts.iter().enumerate() {
+            let options = SampleOptions {
+                sampler,
+                steps,
+                guidance_scale: guidance,
+                height: self.size,
+                width: self.size,
+                images_per_prompt: 1,
+                ..Default::default()
+            };
+            let mut noise = HostNoise::new(crate::draws::stream_seed(self.seed, &[i as u64]));
+            let out = sample_with_unet(
+                self.sd,
+                unet,
+                &self.scheduler,
+                &[prompt],
+                &[],
+                &options,
+                None,
+                &mut noise,
+                &mut |_| {},
+                &device,
+            )
+            .map_err(|e| TrainError::Invalid(format!("validation sampling: {e}")))?;
+            cells.extend(cm_io::images::to_rgb8(out.images)?);
+        }
+        Ok(cells)
+    }
+}
+
+impl<A: AutodiffBackend> SessionHooks<A, SdUnet<A>> for Validation<'_, A::InnerBackend> {
+    fn validate(&mut self, step: u64, model: &SdUnet<A::InnerBackend>) -> Result<()> {
+        if self.prompts.is_empty() {
+            return Ok(());
+        }
+        if self.teacher_cells.is_none() {
+            let mut ddim = self.scheduler.clone();
+            ddim.timestep_spacing = cm_schedulers::config::TimestepSpacing::Trailing;
+            let saved = std::mem::replace(&mut self.scheduler, ddim);
+            let fifty = self.cells(&self.sd.unet, SamplerKind::Ddim, 50, self.teacher_guidance)?;
+            let four = self.cells(&self.sd.unet, SamplerKind::Ddim, 4, self.teacher_guidance)?;
+            self.scheduler = saved;
+            self.teacher_cells = Some(fifty.into_iter().chain(four).collect());
+        }
+        let student_guidance = if model.unet.time_cond_proj_dim > 0 {
+            self.teacher_guidance
+        } else {
+            1.0
+        };
+        let mut columns: Vec<Vec<image::RgbImage>> = Vec::new();
+        let teacher = self.teacher_cells.as_ref().expect("computed above");
+        let n = self.prompts.len();
+        columns.push(teacher[..n].to_vec());
+        columns.push(teacher[n..].to_vec());
+        for &(sampler, steps) in &self.student_columns.clone() {
+            columns.push(self.cells(&model.unet, sampler, steps, student_guidance)?);
+        }
+        // Row-major: prompt by prompt, one column per method.
+        let ordered: Vec<image::RgbImage> = (0..n)
+            .flat_map(|row| columns.iter().map(move |c| c[row].clone()))
+            .collect();
+        let grid = cm_io::images::grid(&ordered, columns.len());
+        let samples = self.out.join("samples");
+        std::fs::create_dir_all(&samples).map_err(|e| cm_io::IoError::write(&samples, e))?;
+        cm_io::images::save_rgb(&grid, samples.join(format!("step-{step:08}.png")))?;
+        cm_io::images::save_rgb(&grid, self.out.join("comparison.png"))?;
+        Ok(())
+    }
+}
+
+fn print_summary(config: &RunConfig, outcome: &RunOutcome) {
+    let records = &outcome.records;
+    let tail = records.len().clamp(1, 20);
+    let last_loss = records.iter().rev().take(tail).map(|r| r.loss).sum::<f64>() / tail as f64;
+    let first_loss = records.iter().take(tail).map(|r| r.loss).sum::<f64>() / tail as f64;
+    let step_time = records.iter().map(|r| r.seconds).sum::<f64>() / records.len().max(1) as f64;
+    println!("\n| {} run | |\n|---|---|", config.method.name());
+    println!("| steps this process | {} |", records.len());
+    println!("| loss (first / last {tail} steps) | {first_loss:.5} / {last_loss:.5} |");
+    println!("| time per step | {step_time:.3} s |");
+    println!(
+        "| wall time | {} |",
+        crate::metrics::format_duration(outcome.seconds)
+    );
+    if let Some(lora) = &outcome.lora {
+        println!("| LoRA | {} |", lora.display());
+    }
+    if let Some(unet) = &outcome.unet {
+        println!("| UNet | {} |", unet.display());
+    }
+    println!(
+        "| comparison grid | {} (columns: teacher DDIM 50, teacher DDIM 4, student) |",
+        outcome.comparison.display()
+    );
+}
