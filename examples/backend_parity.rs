@@ -81,9 +81,18 @@ fn report(what: &str, ours: &TensorData, reference: &TensorData) {
     println!("| {what} | {:.2e} |", relative_error(ours, reference));
 }
 
+/// The active backend against the CPU on the same weights.
+#[derive(clap::Parser, Debug)]
+#[command(about, long_about = None)]
+struct Args {
+    /// Also compare the tiny UNet (with and without a LoRA) against diffusers' golden output.
+    #[arg(long)]
+    unet: bool,
+}
+
 fn main() -> anyhow::Result<()> {
-    let unet = std::env::args().any(|a| a == "--unet");
-    backend::guard_device(|| run(unet))
+    let args = <Args as clap::Parser>::parse();
+    backend::guard_device(|| run(args.unet))
 }
 
 fn run(unet: bool) -> anyhow::Result<()> {

@@ -15,28 +15,24 @@ use consistency_models::data::transform::{
     load_and_transform, resize_bilinear_antialias, TransformConfig,
 };
 
+/// Data-loading throughput.
+#[derive(clap::Parser, Debug)]
+#[command(about, long_about = None)]
+struct Args {
+    /// Number of 640x480 JPEGs to write and read.
+    #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u32).range(1..))]
+    images: u32,
+    /// Folder of the benchmark images (default: target/bench-data).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
 fn main() -> anyhow::Result<()> {
-    let mut count = 48usize;
-    let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--images" => {
-                count = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| anyhow::anyhow!("--images needs a positive integer"))?
-            }
-            "--dir" => {
-                dir = args
-                    .next()
-                    .ok_or_else(|| anyhow::anyhow!("--dir needs a path"))?
-                    .into()
-            }
-            other => anyhow::bail!("unknown argument {other:?}"),
-        }
-    }
+    let args = <Args as clap::Parser>::parse();
+    let count = args.images as usize;
+    let dir = args
+        .dir
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data"));
     // 1. The benchmark images.
     std::fs::create_dir_all(&dir)?;
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images");

@@ -51,23 +51,21 @@ fn unet_forward(
     let _ = out.into_data();
 }
 
+/// Model forward benchmarks (medians).
+#[derive(clap::Parser, Debug)]
+#[command(about, long_about = None)]
+struct Args {
+    /// Timed runs per row (after one warm-up).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    /// Also time the SD1.5 UNet at 64x64 latents.
+    #[arg(long)]
+    sd15_64: bool,
+}
+
 fn main() -> anyhow::Result<()> {
-    let mut runs = 5;
-    let mut with_64 = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--runs" => {
-                runs = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| anyhow::anyhow!("--runs needs a positive integer"))?
-            }
-            "--sd15-64" => with_64 = true,
-            other => anyhow::bail!("unknown argument {other:?}"),
-        }
-    }
+    let args = <Args as clap::Parser>::parse();
+    let (runs, with_64) = (args.runs as usize, args.sd15_64);
     backend::guard_device(|| {
         let device = backend::device();
         println!(

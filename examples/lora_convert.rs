@@ -12,7 +12,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use burn::tensor::DType;
 use consistency_models::backend::{self, Backend};
 use consistency_models::lora::LoraFormat;
@@ -20,70 +20,48 @@ use consistency_models::models::lora_file;
 use consistency_models::models::unet::UNet2DConditionModel;
 use consistency_models::models::{Component, WeightVariant};
 
+/// Checks a UNet LoRA file against a model and rewrites it in either layout and dtype.
+#[derive(clap::Parser, Debug)]
+#[command(about, long_about = None)]
 struct Args {
-    model: PathBuf,
+    /// A diffusers pipeline folder or a `unet/` folder (default: the tiny fixture pipeline).
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// The LoRA file to read (peft / diffusers or kohya keys, any float dtype).
+    #[arg(long = "in", value_name = "FILE")]
     input: PathBuf,
+    /// The file to write.
+    #[arg(long = "out", value_name = "FILE")]
     output: PathBuf,
-    format: LoraFormat,
-    dtype: DType,
-}
-
-fn parse_args() -> anyhow::Result<Args> {
-    let mut model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd");
-    let (mut input, mut output) = (None, None);
-    let mut format = LoraFormat::Peft;
-    let mut dtype = DType::F32;
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--help" || flag == "-h" {
-            println!(
-                "{}",
-                include_str!("lora_convert.rs")
-                    .lines()
-                    .take(11)
-                    .map(|l| l.trim_start_matches("//!"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-            std::process::exit(0);
-        }
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--model" => model = value.into(),
-            "--in" => input = Some(PathBuf::from(value)),
-            "--out" => output = Some(PathBuf::from(value)),
-            "--format" => format = value.parse()?,
-            "--dtype" => {
-                dtype = match value.as_str() {
-                    "f32" => DType::F32,
-                    "f16" => DType::F16,
-                    "bf16" => DType::BF16,
-                    other => bail!("--dtype expects f32, f16 or bf16, got {other:?}"),
-                }
-            }
-            other => bail!("unknown argument {other:?} (see --help)"),
-        }
-    }
-    Ok(Args {
-        model,
-        input: input.context("--in FILE is required")?,
-        output: output.context("--out FILE is required")?,
-        format,
-        dtype,
-    })
+    /// Output layout: peft or kohya.
+    #[arg(long, default_value = "peft", value_parser = ["peft", "kohya"])]
+    format: String,
+    /// Output dtype: f32, f16 or bf16.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    dtype: String,
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = parse_args()?;
+    let args = <Args as clap::Parser>::parse();
     backend::guard_device(|| run(&args))
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
     let device = backend::device();
-    let unet_dir = if args.model.join("unet").is_dir() {
-        args.model.join("unet")
+    let model = args
+        .model
+        .clone()
+        .unwrap_or_else(consistency_models::cli::default_teacher);
+    let out_format: LoraFormat = args.format.parse()?;
+    let dtype = match args.dtype.as_str() {
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        _ => DType::F32,
+    };
+    let unet_dir = if model.join("unet").is_dir() {
+        model.join("unet")
     } else {
-        args.model.clone()
+        model.clone()
     };
     let (mut unet, _, _) = UNet2DConditionModel::<Backend>::from_folder(
         &unet_dir,
@@ -102,12 +80,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
         report.params,
         unet_dir.display()
     );
-    lora_file::save_from(&unet, "lora", &args.output, args.format, args.dtype)?;
+    lora_file::save_from(&unet, "lora", &args.output, out_format, dtype)?;
     println!(
-        "wrote {} ({:?}, {:?})",
-        args.output.display(),
-        args.format,
-        args.dtype
+        "wrote {} ({out_format:?}, {dtype:?})",
+        args.output.display()
     );
     Ok(())
 }

@@ -25,3 +25,4 @@ pub use cm_train as train;
 
 pub mod backend;
 pub mod cli;
+pub mod sample_cli;

@@ -39,6 +39,21 @@ pub trait JsonConfig: DeserializeOwned + Sized {
     }
 }
 
+/// The largest channel count / width a config may ask for (SD1.5 uses 1280; the bound only stops
+/// a typo from allocating terabytes).
+pub const MAX_WIDTH: usize = 16384;
+
+/// Checks that every `(key, value)` lies in `1..=max` (zero widths used to panic deep inside the
+/// initialisers; huge ones to abort on allocation), naming the key.
+pub(crate) fn check_sizes(path: &Path, sizes: &[(&str, usize, usize)]) -> Result<()> {
+    for &(key, value, max) in sizes {
+        if value == 0 || value > max {
+            return Err(unsupported(path, key, value, &format!("1..={max}")));
+        }
+    }
+    Ok(())
+}
+
 /// Builds the error for an unsupported config value.
 pub(crate) fn unsupported(
     path: &Path,

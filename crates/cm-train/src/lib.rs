@@ -13,6 +13,7 @@
 //! | [`lr`] | learning-rate schedules as functions of the step |
 //! | [`trainer`] | the loop: accumulation, clipping, AdamW, NaN guard, target network |
 //! | [`checkpoint`] | atomic checkpoints of what trains, exact resume |
+//! | [`memory`] | memory estimates of a request before anything is allocated |
 //! | [`metrics`] | JSON-lines log, loss-curve and scatter PNGs, progress lines |
 //! | [`sd`] | the SD UNet as a denoiser (host timesteps, guidance embedding, half-precision bases) |
 //! | [`sd_data`] | SD training data: latent cache in memory or on-the-fly encoding, epoch order |
@@ -30,6 +31,7 @@ pub mod diffusion;
 pub mod draws;
 pub mod error;
 pub mod lr;
+pub mod memory;
 pub mod metrics;
 pub mod oracle;
 pub mod parallel;

@@ -212,6 +212,17 @@ impl ClipTokenizer {
         Ok(self.encode_raw(text)?.len() > self.max_length - 2)
     }
 
+    /// The part of `text` that truncation drops, as text (diffusers warns with it), or `None`
+    /// when everything fits.
+    pub fn truncated_part(&self, text: &str) -> Result<Option<String>> {
+        let ids = self.encode_raw(text)?;
+        let keep = self.max_length - 2;
+        if ids.len() <= keep {
+            return Ok(None);
+        }
+        Ok(Some(self.decode(&ids[keep..])?))
+    }
+
     /// Encodes a batch into an id tensor.
     ///
     /// # Shapes

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config_json::{unsupported, JsonConfig};
+use crate::config_json::{check_sizes, unsupported, JsonConfig, MAX_WIDTH};
 use crate::error::Result;
 
 /// An integer or a per-block list (diffusers accepts both for several keys).
@@ -240,6 +240,25 @@ impl UNetConfig {
 
 impl JsonConfig for UNetConfig {
     fn validate(&self, path: &Path) -> Result<()> {
+        let mut sizes: Vec<(&str, usize, usize)> = vec![
+            ("in_channels", self.in_channels, 1024),
+            ("out_channels", self.out_channels, 1024),
+            ("layers_per_block", self.layers_per_block, 64),
+            ("norm_num_groups", self.norm_num_groups, MAX_WIDTH),
+            ("cross_attention_dim", self.cross_attention_dim, MAX_WIDTH),
+            ("sample_size", self.sample_size.unwrap_or(1), 1024),
+            (
+                "time_cond_proj_dim",
+                self.time_cond_proj_dim.unwrap_or(1),
+                MAX_WIDTH,
+            ),
+        ];
+        sizes.extend(
+            self.block_out_channels
+                .iter()
+                .map(|&c| ("block_out_channels", c, MAX_WIDTH)),
+        );
+        check_sizes(path, &sizes)?;
         let n = self.block_out_channels.len();
         if n == 0 {
             return Err(unsupported(

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config_json::{unsupported, JsonConfig};
+use crate::config_json::{check_sizes, unsupported, JsonConfig, MAX_WIDTH};
 use crate::error::Result;
 
 /// Configuration of [`super::AutoencoderKL`]. Field names are the JSON keys.
@@ -115,6 +115,20 @@ impl VaeConfig {
 
 impl JsonConfig for VaeConfig {
     fn validate(&self, path: &Path) -> Result<()> {
+        let mut sizes: Vec<(&str, usize, usize)> = vec![
+            ("in_channels", self.in_channels, 1024),
+            ("out_channels", self.out_channels, 1024),
+            ("latent_channels", self.latent_channels, 1024),
+            ("layers_per_block", self.layers_per_block, 64),
+            ("norm_num_groups", self.norm_num_groups, MAX_WIDTH),
+            ("sample_size", self.sample_size.unwrap_or(1), 8192),
+        ];
+        sizes.extend(
+            self.block_out_channels
+                .iter()
+                .map(|&c| ("block_out_channels", c, MAX_WIDTH)),
+        );
+        check_sizes(path, &sizes)?;
         let n = self.block_out_channels.len();
         if n == 0 {
             return Err(unsupported(
