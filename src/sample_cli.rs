@@ -122,7 +122,7 @@ impl SampleArgs {
     pub fn preflight(&self, model: &Path) -> anyhow::Result<(usize, usize, SchedulerConfig)> {
         if !(self.guidance.is_finite() && (0.0..=100.0).contains(&self.guidance)) {
             bail!(
-                "--guidance {} is not a guidance scale in [0, 100]",
+                "--guidance {:e} is not a guidance scale in [0, 100]",
                 self.guidance
             );
         }
@@ -191,13 +191,17 @@ impl SampleArgs {
 
 /// Parses the flags and samples (the body of the `sample` example).
 pub fn sample_main() -> anyhow::Result<()> {
-    let args = SampleArgs::parse();
+    sample_with(&SampleArgs::parse())
+}
+
+/// Samples with parsed flags: the checks that need no weights first, then the work.
+pub fn sample_with(args: &SampleArgs) -> anyhow::Result<()> {
     let model = args
         .model
         .clone()
         .unwrap_or_else(crate::cli::default_teacher);
     let (height, width, scheduler) = args.preflight(&model)?;
-    backend::guard_device(|| run(&args, &model, height, width, &scheduler))
+    backend::guard_device(|| run(args, &model, height, width, &scheduler))
 }
 
 fn run(

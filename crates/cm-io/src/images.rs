@@ -50,19 +50,19 @@ pub fn grid(images: &[image::RgbImage], columns: usize) -> image::RgbImage {
     out
 }
 
-/// The image format an output path asks for, from its extension.
+/// The image format an output path asks for, from its extension (none, as in `/dev/stdout`: PNG).
 pub fn format_for(path: &Path) -> Result<image::ImageFormat> {
     let extension = path
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
     match extension.as_deref() {
-        Some("png") => Ok(image::ImageFormat::Png),
+        Some("png") | None => Ok(image::ImageFormat::Png),
         Some("jpg") | Some("jpeg") => Ok(image::ImageFormat::Jpeg),
         other => Err(IoError::InvalidInput(format!(
             "{}: unsupported image extension {}; use .png or .jpg",
             path.display(),
-            other.map_or("(none)".to_string(), |e| format!(".{e}"))
+            other.map_or(String::new(), |e| format!(".{e}"))
         ))),
     }
 }

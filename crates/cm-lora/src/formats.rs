@@ -270,9 +270,38 @@ pub fn from_peft(
         PEFT_KEYS.insert(&mut groups, path.to_string(), prefix, slot, data);
     }
 
-    // 3. Pair them; the third tensor is `lora_B.bias`.
+    // 3. Pair them; the third tensor is `lora_B.bias`. A rank the metadata declares (`r`,
+    //    `rank_pattern`) must be the tensors' rank.
+    let declared_rank = field("r").and_then(|v| v.as_u64());
+    let mut rank_pattern = Vec::new();
+    if let Some(Value::Object(patterns)) = field("rank_pattern") {
+        for (key, value) in patterns {
+            let re = regex::Regex::new(&format!(r"^(?:.*\.)?(?:{key})$")).map_err(|e| {
+                LoraError::Format {
+                    key: format!("__metadata__.{ADAPTER_METADATA_KEY}.unet.rank_pattern.{key}"),
+                    message: format!("bad pattern: {e}"),
+                }
+            })?;
+            rank_pattern.push((re, value.as_u64(), key.clone()));
+        }
+    }
     PEFT_KEYS.pair(groups, |path, down, up_bias| {
         let rank = down.shape.first().copied().unwrap_or(0);
+        let declared = rank_pattern
+            .iter()
+            .find(|(re, _, _)| re.is_match(path))
+            .map(|(_, r, key)| (*r, format!("rank_pattern.{key}")))
+            .or_else(|| declared_rank.map(|r| (Some(r), "r".to_string())));
+        if let Some((Some(r), key)) = declared {
+            if r as usize != rank {
+                return Err(LoraError::Format {
+                    key: format!("__metadata__.{ADAPTER_METADATA_KEY}.unet.{key}"),
+                    message: format!(
+                        "declares rank {r}, but the tensors of `{path}` have rank {rank}"
+                    ),
+                });
+            }
+        }
         let mut alpha = peft_alpha(path, rank, lora_alpha, &alpha_pattern);
         if rslora {
             alpha *= (rank as f64).sqrt();
@@ -280,6 +309,9 @@ pub fn from_peft(
         Ok((alpha, up_bias))
     })
 }
+
+/// The largest `|alpha / rank|` a file may declare (peft's scales are ~0.1-4).
+const MAX_SCALE: f64 = 1e4;
 
 /// The three tensor suffixes of one layer in a file layout: down, up, and a third (peft's
 /// `lora_B.bias`, kohya's `alpha`).
@@ -362,6 +394,17 @@ impl KeyLayout {
                 }
             };
             let (alpha, up_bias) = finish(&path, &down, third)?;
+            // A scale that is not a number (or absurd) makes every output NaN / Inf: refuse it.
+            let rank = down.shape.first().copied().unwrap_or(1).max(1);
+            if !alpha.is_finite() || (alpha / rank as f64).abs() > MAX_SCALE {
+                return Err(LoraError::Format {
+                    key: format!("{prefix}.{third_suffix}"),
+                    message: format!(
+                        "alpha {alpha} gives the scale alpha / rank = {:e}; expected a finite scale within +-{MAX_SCALE:e}",
+                        alpha / rank as f64
+                    ),
+                });
+            }
             weights.layers.insert(
                 path,
                 LayerFactors {

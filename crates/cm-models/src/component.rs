@@ -34,6 +34,21 @@ pub fn weight_file(dir: &Path, stem: &str, variant: WeightVariant) -> Result<Pat
         WeightVariant::Full => &[&full],
         WeightVariant::Fp16 => &[&half],
     };
+    // Something at a candidate's name that is not a readable file (a directory, a dangling
+    // symlink) is an error, not a reason to fall back silently to another variant.
+    for path in candidates {
+        if std::fs::symlink_metadata(path).is_ok() && !path.is_file() {
+            let what = if path.is_dir() {
+                "is a directory, not a weight file"
+            } else {
+                "is a dangling symlink or not a regular file"
+            };
+            return Err(ModelError::io(
+                path.as_path(),
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, what),
+            ));
+        }
+    }
     candidates
         .iter()
         .find(|p| p.is_file())

@@ -48,6 +48,23 @@ pub fn read<B: Backend, M: Module<B>>(
         }
     }
     .map_err(lora_error(path))?;
+    // NaN / Inf factors would turn every image black after the merge: name the layer.
+    for (layer, f) in &weights.layers {
+        let finite = |d: &burn::tensor::TensorData| {
+            d.clone()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .map(|v| v.iter().all(|x| x.is_finite()))
+                .unwrap_or(false)
+        };
+        if !(finite(&f.down) && finite(&f.up) && f.up_bias.as_ref().is_none_or(finite)) {
+            return Err(ModelError::BadTensor {
+                path: path.to_path_buf(),
+                key: f.source.clone().unwrap_or_else(|| layer.clone()),
+                message: "a LoRA factor holds NaN or Inf values".into(),
+            });
+        }
+    }
     Ok((weights, format))
 }
 

@@ -23,6 +23,16 @@ use crate::unet::{UNet2DConditionModel, UNetConfig};
 use crate::vae::{AutoencoderKL, VaeConfig};
 use crate::weights::LoadReport;
 
+/// Pipeline classes whose folders hold an SD1.x text-to-image model (`model_index.json`'s
+/// `_class_name`); other pipelines (SDXL, inpainting, img2img variants with other components) are
+/// refused by name.
+pub const SUPPORTED_PIPELINES: [&str; 4] = [
+    "StableDiffusionPipeline",
+    "LatentConsistencyModelPipeline",
+    "StableDiffusionImg2ImgPipeline",
+    "DiffusionPipeline",
+];
+
 /// How to load a pipeline folder.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PipelineLoadOptions {
@@ -108,7 +118,20 @@ impl<B: Backend> StableDiffusion<B> {
         device: &B::Device,
     ) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
-        // 1. model_index.json: check the component classes we are about to build.
+        // 1. model_index.json: the pipeline class and the component classes we are about to build.
+        let index_path = root.join("model_index.json");
+        let class = read_json(&index_path)?
+            .get("_class_name")
+            .and_then(|c| c.as_str())
+            .map(str::to_string);
+        if let Some(class) = class.filter(|c| !SUPPORTED_PIPELINES.contains(&c.as_str())) {
+            return Err(ModelError::UnsupportedConfig {
+                path: index_path,
+                key: "_class_name".into(),
+                found: class,
+                expected: SUPPORTED_PIPELINES.join(", "),
+            });
+        }
         let index = read_model_index(&root.join("model_index.json"))?;
         let expect = |name: &str, classes: &[&str]| -> Result<()> {
             match index.get(name) {

@@ -469,6 +469,19 @@ where
         });
     }
 
+    // 5. NaN / Inf weights would only show as a black image much later: name the first one.
+    if let Some(param) = first_non_finite(&module) {
+        let key = params
+            .get(&param)
+            .map(|p| p.torch_key.clone())
+            .unwrap_or(param);
+        return Err(ModelError::BadTensor {
+            path: path.to_path_buf(),
+            key,
+            message: "holds NaN or Inf values".into(),
+        });
+    }
+
     let mut file_dtypes = BTreeMap::new();
     for (_, _, dtype) in file.values() {
         *file_dtypes.entry(dtype.clone()).or_insert(0) += 1;
@@ -527,4 +540,71 @@ where
         out.insert(key, data);
     }
     Ok(out)
+}
+
+struct NonFinite<B: Backend> {
+    stack: Vec<(String, String)>,
+    count: Option<burn::tensor::Tensor<B, 1, burn::tensor::Int>>,
+    find: bool,
+    found: Option<String>,
+}
+
+impl<B: Backend> burn::module::ModuleVisitor<B> for NonFinite<B> {
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.stack.push((name.to_string(), container.to_string()));
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.stack.pop();
+    }
+    fn visit_float<const D: usize>(
+        &mut self,
+        param: &burn::module::Param<burn::tensor::Tensor<B, D>>,
+    ) {
+        use burn::tensor::ElementConversion;
+        if self.found.is_some() {
+            return;
+        }
+        let bad = param.val().is_finite().bool_not().int().sum();
+        if self.find {
+            if bad.into_scalar().elem::<i64>() > 0 {
+                let path: Vec<&str> = self
+                    .stack
+                    .iter()
+                    .filter(|(_, c)| !c.starts_with("Enum:"))
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                self.found = Some(path.join("."));
+            }
+        } else {
+            self.count = Some(match self.count.take() {
+                Some(c) => c + bad,
+                None => bad,
+            });
+        }
+    }
+}
+
+/// The path of the first parameter of `module` holding NaN or Inf (Burn path), if any. Costs one
+/// pass over the weights and one device read (a second pass only when something is found).
+pub fn first_non_finite<B: Backend, M: Module<B>>(module: &M) -> Option<String> {
+    use burn::tensor::ElementConversion;
+    let mut visitor = NonFinite::<B> {
+        stack: Vec::new(),
+        count: None,
+        find: false,
+        found: None,
+    };
+    module.visit(&mut visitor);
+    let total: i64 = visitor.count?.into_scalar().elem();
+    if total == 0 {
+        return None;
+    }
+    let mut visitor = NonFinite::<B> {
+        stack: Vec::new(),
+        count: None,
+        find: true,
+        found: None,
+    };
+    module.visit(&mut visitor);
+    visitor.found.or_else(|| Some("(unknown parameter)".into()))
 }

@@ -311,6 +311,14 @@ fn build_from_vocab_and_merges(vocab_path: &Path, merges_path: &Path) -> Result<
             }
         }
     }
+    if merges.is_empty() {
+        // A BPE tokenizer without merges splits every word into single characters: garbage
+        // prompts, silently. The SD1.5 file has 48894 merges.
+        return Err(tokenizer_error(
+            merges_path,
+            "has no merges (expected one `a b` pair per line, as in the SD1.5 tokenizer)",
+        ));
+    }
     for token in [BOS, EOS] {
         if !vocab.contains_key(token) {
             return Err(tokenizer_error(
