@@ -244,7 +244,9 @@ impl<B: Backend> StableDiffusion<B> {
     /// Returns `[prompts.len(), 77, hidden]`.
     pub fn encode_prompts(&self, prompts: &[&str], device: &B::Device) -> Result<Tensor<B, 3>> {
         let ids = self.tokenizer.encode_batch::<B>(prompts, device)?;
-        Ok(self.text_encoder.forward(ids)?.last_hidden_state)
+        let hidden = self.text_encoder.forward(ids)?.last_hidden_state;
+        // A half-precision text encoder's embeddings come back in f32.
+        Ok(crate::nn::cast(hidden, DType::F32))
     }
 
     /// Conditional and unconditional embeddings for classifier-free guidance, batched through the

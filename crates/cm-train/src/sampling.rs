@@ -198,19 +198,25 @@ impl<B: Backend> Denoiser<'_, B> {
         match &self.uncond {
             None => {
                 let ts = vec![t as f32; batch];
-                Ok(self.unet.forward(
-                    latents,
-                    &ts,
-                    self.cond.clone(),
-                    self.timestep_cond.clone(),
-                )?)
+                Ok(cm_models::nn::cast(
+                    self.unet.forward(
+                        latents,
+                        &ts,
+                        self.cond.clone(),
+                        self.timestep_cond.clone(),
+                    )?,
+                    burn::tensor::DType::F32,
+                ))
             }
             Some(uncond) => {
                 // One UNet call on [uncond; cond], as diffusers batches them.
                 let input = Tensor::cat(vec![latents.clone(), latents], 0);
                 let context = Tensor::cat(vec![uncond.clone(), self.cond.clone()], 0);
                 let ts = vec![t as f32; 2 * batch];
-                let out = self.unet.forward(input, &ts, context, None)?;
+                let out = cm_models::nn::cast(
+                    self.unet.forward(input, &ts, context, None)?,
+                    burn::tensor::DType::F32,
+                );
                 let [u, c] = out.chunk(2, 0).try_into().expect("two halves");
                 Ok(u.clone() + (c - u) * self.guidance)
             }

@@ -243,3 +243,115 @@ fn a_wrong_teacher_folder_is_named_before_anything_loads() {
         "{err}"
     );
 }
+
+#[test]
+fn a_whole_unet_student_with_a_guidance_embedding_writes_a_unet_folder_sample_loads() {
+    use cm_models::config_json::JsonConfig;
+    let out = temp("whole-unet");
+    let mut c = config(Method::Cd, out.clone(), 2);
+    c.model.trainable = cm_train::config::Trainable::Unet;
+    c.model.guidance_embedding_dim = 256;
+    c.train.lr = 1e-5;
+    c.consistency.guidance = cm_train::draws::GuidanceDraw::Uniform { min: 2.0, max: 8.0 };
+    let outcome = run::<F>(&c, false, &Default::default()).unwrap();
+    assert!(outcome.lora.is_none());
+    let dir = outcome.unet.expect("a whole-UNet run writes unet/");
+    let config = cm_models::unet::UNetConfig::from_json_file(dir.join("config.json")).unwrap();
+    assert_eq!(config.time_cond_proj_dim, Some(256));
+    // The folder loads strictly (every key, nothing unused) and samples with w as an input.
+    let (unet, _, report) = UNet2DConditionModel::<F>::from_folder(
+        &dir,
+        cm_models::WeightVariant::Full,
+        DType::F32,
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(
+        report.unused.is_empty() && report.fresh.is_empty(),
+        "{report}"
+    );
+    let sd = StableDiffusion::<F>::load(
+        fixtures().join("tiny-sd"),
+        PipelineLoadOptions::default(),
+        &Default::default(),
+    )
+    .unwrap();
+    let scheduler = SchedulerConfig::from_json_value_as(
+        &sd.scheduler_config,
+        &sd.scheduler_config_path(),
+        Some(SchedulerClass::Lcm),
+    )
+    .unwrap();
+    let options = cm_train::sampling::SampleOptions {
+        sampler: cm_train::sampling::SamplerKind::Lcm,
+        steps: 2,
+        guidance_scale: 5.0,
+        height: 32,
+        width: 32,
+        ..Default::default()
+    };
+    let out = cm_train::sampling::sample_with_unet(
+        &sd,
+        &unet,
+        &scheduler,
+        &["a red circle"],
+        &[],
+        &options,
+        None,
+        &mut cm_train::sampling::HostNoise::new(0),
+        &mut |_| {},
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(out.images.is_finite().all().into_scalar());
+    // The checkpoint holds the whole UNet (cond_proj included).
+    let trainable =
+        cm_io::read_tensors(out_dir(&c).join("checkpoints/step-00000002/trainable.safetensors"))
+            .unwrap();
+    assert!(trainable.contains_key("unet.time_embedding.cond_proj.weight"));
+    assert!(trainable.len() > 300);
+}
+
+fn out_dir(c: &RunConfig) -> PathBuf {
+    c.output.dir.clone()
+}
+
+#[test]
+fn a_bf16_frozen_base_trains_f32_factors_with_finite_losses() {
+    let out = temp("bf16");
+    let mut c = config(Method::Cd, out, 2);
+    c.model.frozen_dtype = cm_train::config::FrozenDtype::Bf16;
+    let outcome = run::<F>(&c, false, &Default::default()).unwrap();
+    assert!(outcome.records.iter().all(|r| r.loss.is_finite()));
+    let (tensors, _) = cm_io::read_tensors_and_header(outcome.lora.unwrap()).unwrap();
+    assert!(
+        tensors.values().all(|t| t.dtype == DType::F32),
+        "LoRA factors stay f32"
+    );
+}
+
+#[test]
+fn unreadable_training_images_are_skipped_and_counted_or_named() {
+    // A folder of images with captions, one of them corrupt.
+    let data = temp("bad-images-data");
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 0..4 {
+        let img = image::RgbImage::from_fn(32, 32, |x, y| {
+            image::Rgb([(x * 8) as u8, (y * 8) as u8, (i * 60) as u8])
+        });
+        img.save(data.join(format!("{i}.png"))).unwrap();
+        std::fs::write(data.join(format!("{i}.txt")), format!("image number {i}")).unwrap();
+    }
+    std::fs::write(data.join("broken.png"), b"not a png").unwrap();
+    std::fs::write(data.join("broken.txt"), "a broken image").unwrap();
+    let mut c = config(Method::Cd, temp("bad-images-skip"), 1);
+    c.data.dir = Some(data.clone());
+    run::<F>(&c, false, &Default::default()).unwrap();
+    let mut c = config(Method::Cd, temp("bad-images-stop"), 1);
+    c.data.dir = Some(data);
+    c.data.skip_bad = false;
+    let err = run::<F>(&c, false, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("broken.png"), "{err}");
+}

@@ -35,3 +35,15 @@ pub fn conv2d<B: Backend>(
         .init(device)
         .into()
 }
+
+/// `x` in `dtype` (no operation when it already is): the boundary of a half-precision module.
+pub fn cast<B: burn::tensor::backend::Backend, const D: usize>(
+    x: burn::tensor::Tensor<B, D>,
+    dtype: burn::tensor::DType,
+) -> burn::tensor::Tensor<B, D> {
+    if x.dtype() == dtype {
+        x
+    } else {
+        x.cast(dtype)
+    }
+}

@@ -154,19 +154,27 @@ impl<B: Backend> UNet2DConditionModel<B> {
             &encoder_hidden_states,
             timestep_cond.as_ref(),
         )?;
-        // 0. Center the input.
+        // 0. Inputs in the weights' dtype (a half-precision UNet takes f32 callers' tensors; the
+        //    output stays in that dtype), then center the input.
+        let dtype = self.conv_in.base.weight.val().dtype();
+        let sample = crate::nn::cast(sample, dtype);
+        let encoder_hidden_states = crate::nn::cast(encoder_hidden_states, dtype);
+        let timestep_cond = timestep_cond.map(|c| crate::nn::cast(c, dtype));
         let sample = if self.center_input_sample {
             sample * 2.0 - 1.0
         } else {
             sample
         };
         // 1. Time: sinusoid, then MLP (+ cond_proj(timestep_cond)).
-        let t_emb = timestep_embedding(
-            timesteps,
-            self.time_proj_dim,
-            self.flip_sin_to_cos,
-            self.freq_shift,
-            &sample.device(),
+        let t_emb = crate::nn::cast(
+            timestep_embedding(
+                timesteps,
+                self.time_proj_dim,
+                self.flip_sin_to_cos,
+                self.freq_shift,
+                &sample.device(),
+            ),
+            dtype,
         );
         let emb = self.time_embedding.forward(t_emb, timestep_cond);
         // 2. Pre-process.

@@ -318,11 +318,14 @@ impl<B: Backend> AutoencoderKL<B> {
                 "image size {h}x{w} is not a multiple of the VAE's down-sampling factor {f}"
             )));
         }
-        let moments = self.encoder.forward(images);
+        // A half-precision VAE runs in its dtype; the posterior comes back in f32.
+        let dtype = self.dtype();
+        let moments = self.encoder.forward(crate::nn::cast(images, dtype));
         let moments = match &self.quant_conv {
             Some(conv) => conv.forward(moments),
             None => moments,
         };
+        let moments = crate::nn::cast(moments, burn::tensor::DType::F32);
         let [mean, logvar] = moments.chunk(2, 1).try_into().expect("two halves");
         Ok(DiagonalGaussian {
             mean,
@@ -335,11 +338,17 @@ impl<B: Backend> AutoencoderKL<B> {
     /// # Shapes
     /// `[batch, latent, h, w]` -> `[batch, 3, h * f, w * f]`.
     pub fn decode(&self, latents: Tensor<B, 4>) -> Tensor<B, 4> {
+        let latents = crate::nn::cast(latents, self.dtype());
         let z = match &self.post_quant_conv {
             Some(conv) => conv.forward(latents),
             None => latents,
         };
-        self.decoder.forward(z)
+        crate::nn::cast(self.decoder.forward(z), burn::tensor::DType::F32)
+    }
+
+    /// The dtype of the weights (the VAE runs in it; inputs are cast, outputs come back in f32).
+    pub fn dtype(&self) -> burn::tensor::DType {
+        self.decoder.conv_in.base.weight.val().dtype()
     }
 
     /// Decodes *scaled* latents (as the UNet sees them: `z * scaling_factor`) to images in [0, 1],
