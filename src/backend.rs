@@ -24,6 +24,18 @@ pub fn device() -> Device {
     Device::default()
 }
 
+/// `n` devices for data-parallel training: CUDA GPUs `0..n`, or `n` peers sharing the CPU.
+pub fn devices(n: usize) -> Vec<Device> {
+    #[cfg(feature = "cuda")]
+    {
+        (0..n).map(burn::backend::cuda::CudaDevice::new).collect()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        vec![Device::default(); n]
+    }
+}
+
 /// A one-line description of the compiled backend, for logs.
 pub fn describe() -> &'static str {
     if cfg!(feature = "cuda") {

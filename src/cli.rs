@@ -54,6 +54,9 @@ pub struct TrainArgs {
     /// What trains: lora or unet.
     #[arg(long, value_parser = ["lora", "unet"])]
     pub trainable: Option<String>,
+    /// Data-parallel devices (GPUs 0..N with --features cuda); --batch is per device.
+    #[arg(long, value_name = "N")]
+    pub devices: Option<usize>,
     /// Recompute activations in the backward pass (less memory, more time).
     #[arg(long)]
     pub gradient_checkpointing: bool,
@@ -127,6 +130,9 @@ impl TrainArgs {
         if let Some(seed) = self.seed {
             config.train.seed = seed;
         }
+        if let Some(devices) = self.devices {
+            config.train.devices = devices;
+        }
         if let Some(lr) = self.lr {
             config.train.lr = lr;
         }
@@ -157,8 +163,9 @@ pub fn train_main(method: Method) -> anyhow::Result<()> {
     }
     println!("{} on {}", method.name(), backend::describe());
     backend::guard_device(|| {
+        let devices = backend::devices(config.train.devices);
         let outcome =
-            cm_train::run::run::<backend::Backend>(&config, args.resume, &backend::device())?;
+            cm_train::run::run_on_devices::<backend::Backend>(&config, args.resume, &devices)?;
         println!("outputs in {}", outcome.out.display());
         Ok(())
     })

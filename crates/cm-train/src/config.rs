@@ -235,6 +235,9 @@ pub struct TrainConfig {
     pub batch_size: usize,
     /// Micro-batches per optimizer step (gradients averaged).
     pub gradient_accumulation: u64,
+    /// Data-parallel peers (one per GPU; on the CPU, threads sharing the cores); each trains
+    /// `batch_size` examples per micro-batch, gradients averaged (burn-collective).
+    pub devices: usize,
     /// Seed of every random draw.
     pub seed: u64,
     /// Peak learning rate (AdamW; 1e-4 for LoRA, 1e-6 for the whole UNet).
@@ -255,6 +258,7 @@ impl Default for TrainConfig {
             steps: 1000,
             batch_size: 8,
             gradient_accumulation: 1,
+            devices: 1,
             seed: 0,
             lr: 1e-4,
             warmup_steps: 0,
@@ -416,6 +420,12 @@ impl RunConfig {
         }
         if self.train.gradient_accumulation == 0 {
             return bad("train.gradient_accumulation", "must be at least 1".into());
+        }
+        if !(1..=64).contains(&self.train.devices) {
+            return bad(
+                "train.devices",
+                format!("{} must be in 1..=64", self.train.devices),
+            );
         }
         if !(self.train.lr.is_finite() && self.train.lr > 0.0 && self.train.lr < 1.0) {
             return bad(

@@ -70,13 +70,123 @@ pub struct RunOutcome {
     pub seconds: f64,
 }
 
-/// Runs `config` on backend `B` (autodiff with or without gradient checkpointing, as configured).
+/// Runs `config` on one device of backend `B` (autodiff with or without gradient checkpointing,
+/// as configured).
 pub fn run<B: Backend>(config: &RunConfig, resume: bool, device: &B::Device) -> Result<RunOutcome> {
-    if config.model.gradient_checkpointing {
-        run_on::<Autodiff<B, BalancedCheckpointing>>(config, resume, device)
-    } else {
-        run_on::<Autodiff<B>>(config, resume, device)
+    run_on_devices::<B>(config, resume, std::slice::from_ref(device))
+}
+
+/// Runs `config` data-parallel: one peer (a thread) per device, each training `batch_size`
+/// examples per micro-batch, gradients averaged with burn-collective (`parallel`). The first peer
+/// writes every output; `train.devices` must equal `devices.len()`.
+pub fn run_on_devices<B: Backend>(
+    config: &RunConfig,
+    resume: bool,
+    devices: &[B::Device],
+) -> Result<RunOutcome> {
+    if devices.len() != config.train.devices {
+        return Err(TrainError::Invalid(format!(
+            "`train.devices` is {} but {} devices were given",
+            config.train.devices,
+            devices.len()
+        )));
     }
+    if config.model.gradient_checkpointing {
+        dispatch::<Autodiff<B, BalancedCheckpointing>>(config, resume, devices)
+    } else {
+        dispatch::<Autodiff<B>>(config, resume, devices)
+    }
+}
+
+fn dispatch<A: AutodiffBackend>(
+    config: &RunConfig,
+    resume: bool,
+    devices: &[A::Device],
+) -> Result<RunOutcome> {
+    // 1. Everything that needs no weights, once.
+    let teacher_dir = preflight(config, resume)?;
+    if devices.len() == 1 {
+        return run_peer::<A>(config, resume, &devices[0], &teacher_dir, None);
+    }
+    // The latent cache is built once, before the peers start (they only read it).
+    if config.data.latents == LatentMode::Cache {
+        let sd = load_pipeline::<A::InnerBackend>(config, &teacher_dir, &devices[0])?;
+        let resolution = training_resolution(config, &sd)?;
+        let items = items(&config.data, resolution, &config.output.dir)?;
+        load_latents(
+            &sd,
+            items,
+            resolution,
+            config.data.skip_bad,
+            &cache_dir(config),
+            &devices[0],
+        )?;
+    }
+    let peers = devices.len();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = devices
+            .iter()
+            .enumerate()
+            .map(|(id, device)| {
+                let teacher_dir = &teacher_dir;
+                scope.spawn(move || {
+                    run_peer::<A>(config, resume, device, teacher_dir, Some((id, peers)))
+                })
+            })
+            .collect();
+        let mut results: Vec<Result<RunOutcome>> = handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(TrainError::Invalid("a data-parallel peer panicked".into()))
+                })
+            })
+            .collect();
+        if let Some(position) = results.iter().position(|r| r.is_err()) {
+            return results.swap_remove(position);
+        }
+        results.swap_remove(0)
+    })
+}
+
+fn load_pipeline<B: Backend>(
+    config: &RunConfig,
+    teacher_dir: &Path,
+    device: &B::Device,
+) -> Result<StableDiffusion<B>> {
+    let lora = config.model.trainable == Trainable::Lora;
+    let frozen = config.model.frozen_dtype.dtype();
+    Ok(StableDiffusion::<B>::load(
+        teacher_dir,
+        PipelineLoadOptions {
+            variant: WeightVariant::Auto,
+            unet_dtype: if lora { frozen } else { DType::F32 },
+            frozen_dtype: frozen,
+        },
+        device,
+    )?)
+}
+
+fn training_resolution<B: Backend>(config: &RunConfig, sd: &StableDiffusion<B>) -> Result<u32> {
+    let factor = sd.vae_scale_factor();
+    let resolution = config
+        .data
+        .resolution
+        .unwrap_or((sd.unet_config.sample_size.unwrap_or(64) * factor) as u32);
+    if !(resolution as usize).is_multiple_of(factor) {
+        return Err(TrainError::Invalid(format!(
+            "`data.resolution` {resolution} is not a multiple of the VAE's down-sampling factor {factor}"
+        )));
+    }
+    Ok(resolution)
+}
+
+fn cache_dir(config: &RunConfig) -> PathBuf {
+    config
+        .data
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| config.output.dir.join("cache"))
 }
 
 /// Checks everything that does not need the weights: the config, the teacher folder's files,
@@ -157,31 +267,31 @@ impl<B: Backend> ModuleMapper<B> for RequireGrad {
     }
 }
 
-fn run_on<A: AutodiffBackend>(
+/// One peer of a run (the only one without data parallelism): steps 2-7 of the module docs.
+fn run_peer<A: AutodiffBackend>(
     config: &RunConfig,
     resume: bool,
     device: &A::Device,
+    teacher_dir: &Path,
+    peer: Option<(usize, usize)>,
 ) -> Result<RunOutcome> {
     let start = Instant::now();
-    // 1. Everything that needs no weights.
-    let teacher_dir = preflight(config, resume)?;
+    let primary = peer.is_none_or(|(id, _)| id == 0);
+    let peers = peer.map_or(1, |(_, n)| n);
+    let teacher_dir = teacher_dir.to_path_buf();
     let out = config.output.dir.clone();
-    cm_io::write_atomically(&out.join("config.toml"), config.to_toml().as_bytes())?;
+    if primary {
+        cm_io::write_atomically(&out.join("config.toml"), config.to_toml().as_bytes())?;
+    }
 
     // 2. The teacher pipeline.
     let lora = config.model.trainable == Trainable::Lora;
     let frozen = config.model.frozen_dtype.dtype();
-    let sd = StableDiffusion::<A::InnerBackend>::load(
-        &teacher_dir,
-        PipelineLoadOptions {
-            variant: WeightVariant::Auto,
-            unet_dtype: if lora { frozen } else { DType::F32 },
-            frozen_dtype: frozen,
-        },
-        device,
-    )?;
-    for report in &sd.reports {
-        println!("  {report}");
+    let sd = load_pipeline::<A::InnerBackend>(config, &teacher_dir, device)?;
+    if primary {
+        for report in &sd.reports {
+            println!("  {report}");
+        }
     }
     let scheduler_config = SchedulerConfig::from_json_value_as(
         &sd.scheduler_config,
@@ -190,45 +300,34 @@ fn run_on<A: AutodiffBackend>(
     )?;
     let schedule = NoiseSchedule::new(&scheduler_config);
     let prediction_type = scheduler_config.prediction_type;
-    let factor = sd.vae_scale_factor();
-    let resolution = config
-        .data
-        .resolution
-        .unwrap_or((sd.unet_config.sample_size.unwrap_or(64) * factor) as u32);
-    if !(resolution as usize).is_multiple_of(factor) {
-        return Err(TrainError::Invalid(format!(
-            "`data.resolution` {resolution} is not a multiple of the VAE's down-sampling factor {factor}"
-        )));
-    }
+    let resolution = training_resolution(config, &sd)?;
 
     // 3. Data.
     let items = items(&config.data, resolution, &out)?;
-    let global_batch = config.train.batch_size * config.train.gradient_accumulation as usize;
+    let global_batch =
+        config.train.batch_size * config.train.gradient_accumulation as usize * peers;
     let mut source: Box<dyn BatchSource<A::InnerBackend, 3> + '_> = match config.data.latents {
         LatentMode::Cache => {
-            let cache_dir = config
-                .data
-                .cache_dir
-                .clone()
-                .unwrap_or_else(|| out.join("cache"));
             let data = load_latents(
                 &sd,
                 items,
                 resolution,
                 config.data.skip_bad,
-                &cache_dir,
+                &cache_dir(config),
                 device,
             )?;
-            println!(
-                "data: {} images at {resolution} px -> latents {:?}{}",
-                data.len(),
-                data.latent_shape,
-                if data.skipped.is_empty() {
-                    String::new()
-                } else {
-                    format!(", {} unreadable skipped", data.skipped.len())
-                }
-            );
+            if primary {
+                println!(
+                    "data: {} images at {resolution} px -> latents {:?}{}",
+                    data.len(),
+                    data.latent_shape,
+                    if data.skipped.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} unreadable skipped", data.skipped.len())
+                    }
+                );
+            }
             Box::new(LatentSource::new(data, global_batch, config.train.seed))
         }
         LatentMode::OnTheFly => Box::new(OnTheFlySource::new(
@@ -251,7 +350,9 @@ fn run_on<A: AutodiffBackend>(
             DType::F32,
             device,
         )?;
-        println!("  student: {report}");
+        if primary {
+            println!("  student: {report}");
+        }
         unet
     } else {
         sd.unet.clone()
@@ -264,7 +365,9 @@ fn run_on<A: AutodiffBackend>(
             &LoraConfig::new(config.model.lora_rank, config.model.lora_alpha),
             &TargetSelector::names(&config.model.lora_targets),
         )?;
-        println!("  {report}");
+        if primary {
+            println!("  {report}");
+        }
     } else {
         student_unet = student_unet.map(&mut RequireGrad(true));
     }
@@ -288,14 +391,21 @@ fn run_on<A: AutodiffBackend>(
     let consistency = consistency_step(config, &schedule)?;
     let settings = loop_settings(config);
     let mut trainer = Trainer::new(student, settings, consistency)?;
-    println!(
-        "{}: {} trainable parameters, {} steps of {} x {} examples",
-        config.method.name(),
-        trainer.trainable_count(),
-        config.train.steps,
-        config.train.batch_size,
-        config.train.gradient_accumulation
-    );
+    if let Some((id, n)) = peer {
+        trainer.peer = Some(crate::parallel::Peer::register::<A::InnerBackend>(
+            id, n, device,
+        )?);
+    }
+    if primary {
+        println!(
+            "{}: {} trainable parameters, {} steps of {} x {} examples x {peers} device(s)",
+            config.method.name(),
+            trainer.trainable_count(),
+            config.train.steps,
+            config.train.batch_size,
+            config.train.gradient_accumulation
+        );
+    }
     let options = SessionOptions {
         out: out.clone(),
         log_every: config.output.log_every,
@@ -304,11 +414,13 @@ fn run_on<A: AutodiffBackend>(
         validate_every: config.output.validate_every,
         label: config.method.name().to_string(),
         run: serde_json::to_value(config).expect("serialisable"),
-        print: true,
+        print: primary,
+        primary,
     };
     let resumed_from = if resume {
         let used = session::resume(&mut trainer, &options, None)?;
         match &used {
+            _ if !primary => {}
             Some(dir) => println!("resumed from {} (step {})", dir.display(), trainer.step),
             None => println!(
                 "--resume: no checkpoint under {}, starting at step 0",
@@ -331,10 +443,15 @@ fn run_on<A: AutodiffBackend>(
         device,
     )?;
     drop(source);
+    if let Some(peer) = trainer.peer.take() {
+        peer.finish::<A::InnerBackend>()?;
+    }
 
-    // 7. Outputs.
+    // 7. Outputs (the first peer writes them).
     let model = trainer.inference_model();
-    let (lora_path, unet_path) = if lora {
+    let (lora_path, unet_path) = if !primary {
+        (None, None)
+    } else if lora {
         let path = out.join("pytorch_lora_weights.safetensors");
         let dtype = config.output.lora_dtype.dtype();
         cm_models::lora_file::save_from(&model.unet, ADAPTER, &path, LoraFormat::Peft, dtype)?;
@@ -358,7 +475,9 @@ fn run_on<A: AutodiffBackend>(
         records,
         seconds: start.elapsed().as_secs_f64(),
     };
-    print_summary(config, &outcome);
+    if primary {
+        print_summary(config, &outcome);
+    }
     Ok(outcome)
 }
 

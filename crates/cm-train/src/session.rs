@@ -32,6 +32,9 @@ pub struct SessionOptions {
     pub run: serde_json::Value,
     /// Print progress lines.
     pub print: bool,
+    /// Whether this process / thread writes (metrics, validation, checkpoints): the first
+    /// data-parallel peer, or the only one. The others only train.
+    pub primary: bool,
 }
 
 /// What a session calls back for: validation grids and anything else the run wants per step.
@@ -88,8 +91,16 @@ where
     S: BatchSource<B::InnerBackend, C> + ?Sized,
     H: SessionHooks<B, M>,
 {
-    std::fs::create_dir_all(&options.out).map_err(|e| cm_io::IoError::write(&options.out, e))?;
     let total = trainer.settings.steps;
+    if !options.primary {
+        // A secondary data-parallel peer: the same steps, nothing written.
+        let mut ran = Vec::new();
+        while trainer.step < total {
+            ran.push(trainer.train_step(source, teacher, device)?);
+        }
+        return Ok(ran);
+    }
+    std::fs::create_dir_all(&options.out).map_err(|e| cm_io::IoError::write(&options.out, e))?;
     let mut metrics = MetricsLog::open(options.out.join("metrics.jsonl"), trainer.step)?;
     let progress = Progress::new(&options.label, trainer.step, total, options.log_every);
     let mut last_checkpoint: Option<PathBuf> = checkpoint::latest(&options.checkpoints())?;

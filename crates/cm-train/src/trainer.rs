@@ -264,7 +264,9 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O> Trainer<B, M, O> {
             };
             let loss = loss / micro_batches as f64;
             let value: f64 = loss.clone().into_scalar().elem();
-            if !value.is_finite() {
+            // Data-parallel peers decide together after the all-reduce (a NaN anywhere makes the
+            // mean NaN everywhere), so that no peer leaves the others waiting.
+            if !value.is_finite() && self.peer.is_none() {
                 return Err(self.diverged(step, lr, format!("the loss is {value}")));
             }
             loss_sum += value;
@@ -276,6 +278,13 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O> Trainer<B, M, O> {
         if let Some(peer) = &self.peer {
             grads = peer.all_reduce_mean::<B>(grads)?;
             loss_sum = peer.mean_scalar::<B::InnerBackend>(loss_sum, &inner_device)?;
+            if !loss_sum.is_finite() {
+                return Err(self.diverged(
+                    step,
+                    lr,
+                    format!("the loss (mean over peers) is {loss_sum}"),
+                ));
+            }
         }
         // 4. Global norm, NaN guard, clipping.
         let grad_norm: f64 = params::global_grad_norm(&self.student, &grads)

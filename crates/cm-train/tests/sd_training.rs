@@ -355,3 +355,43 @@ fn unreadable_training_images_are_skipped_and_counted_or_named() {
         .to_string();
     assert!(err.contains("broken.png"), "{err}");
 }
+
+#[test]
+fn two_data_parallel_devices_train_like_one_with_the_whole_batch() {
+    burn::collective::reset_collective::<F>();
+    let mut single = config(Method::Cd, temp("dp-single"), 2);
+    single.train.batch_size = 2;
+    let single = run::<F>(&single, false, &Default::default()).unwrap();
+    let mut two = config(Method::Cd, temp("dp-two"), 2);
+    two.train.batch_size = 1;
+    two.train.devices = 2;
+    let devices = vec![Default::default(); 2];
+    let two = cm_train::run::run_on_devices::<F>(&two, false, &devices).unwrap();
+    for (a, b) in single.records.iter().zip(&two.records) {
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-4 * a.loss.abs(),
+            "loss {} vs {}",
+            a.loss,
+            b.loss
+        );
+    }
+    let read = |p: &PathBuf| cm_io::read_tensors(p).unwrap();
+    let (a, b) = (
+        read(single.lora.as_ref().unwrap()),
+        read(two.lora.as_ref().unwrap()),
+    );
+    assert_eq!(a.len(), b.len());
+    for (key, x) in &a {
+        let err = cm_io::compare::relative_error(&b[key], x);
+        assert!(
+            err < 1e-3
+                || x.clone()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .unwrap()
+                    .iter()
+                    .all(|v| v.abs() < 1e-6),
+            "{key}: {err}"
+        );
+    }
+}

@@ -110,6 +110,7 @@ fn options(out: PathBuf, checkpoint_every: u64) -> SessionOptions {
         label: "test".into(),
         run: serde_json::json!({"test": true}),
         print: false,
+        primary: true,
     }
 }
 
