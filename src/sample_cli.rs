@@ -81,6 +81,18 @@ pub struct SampleArgs {
     pub save_tensors: Option<PathBuf>,
 }
 
+/// Whether every value is finite (one device read; backend-independent: CUDA's booleans are u8).
+fn all_finite(x: Tensor<Backend, 4>) -> bool {
+    use burn::tensor::ElementConversion;
+    x.is_finite()
+        .bool_not()
+        .int()
+        .sum()
+        .into_scalar()
+        .elem::<i64>()
+        == 0
+}
+
 fn check_output(path: &Path, flag: &str) -> anyhow::Result<()> {
     if path.is_dir() {
         bail!("{flag} {} is a directory; give a file name", path.display());
@@ -292,7 +304,7 @@ fn run(
                 );
             }
             let latents = Tensor::<Backend, 4>::from_data(data.clone().convert::<f32>(), &device);
-            if !latents.clone().is_finite().all().into_scalar() {
+            if !all_finite(latents.clone()) {
                 bail!("{}: `latents` holds NaN or Inf values", path.display());
             }
             Some(latents)
@@ -327,7 +339,7 @@ fn run(
         &mut report,
         &device,
     )?;
-    if !out.latents.clone().is_finite().all().into_scalar() {
+    if !all_finite(out.latents.clone()) {
         bail!(
             "the final latents hold NaN or Inf: check the weights ({}{}), the initial latents, the guidance scale ({}) and the scheduler config's betas",
             model.display(),
