@@ -10,6 +10,7 @@ pub mod cache;
 pub mod dataset;
 pub mod error;
 pub mod item;
+pub mod judge;
 pub mod sources;
 pub mod synthetic;
 pub mod transform;

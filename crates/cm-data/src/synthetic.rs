@@ -44,7 +44,8 @@ pub const PLACES: [(&str, [f64; 2]); 5] = [
     ("at the bottom right", [0.73, 0.73]),
     ("in the center", [0.5, 0.5]),
 ];
-const BACKGROUNDS: [[u8; 3]; 2] = [[40, 40, 40], [200, 200, 200]];
+/// The two background colours (not captioned).
+pub const BACKGROUNDS: [[u8; 3]; 2] = [[40, 40, 40], [200, 200, 200]];
 
 /// The attributes of one synthetic image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
