@@ -76,8 +76,8 @@ pub fn judge(image: &RgbImage) -> Option<ShapeLabel> {
     let mut n = 0.0f64;
     for p in image.pixels() {
         if distance(p.0) >= core {
-            for c in 0..3 {
-                mean[c] += p.0[c] as f64;
+            for (m, v) in mean.iter_mut().zip(p.0) {
+                *m += v as f64;
             }
             n += 1.0;
         }
