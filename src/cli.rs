@@ -18,7 +18,7 @@ pub struct TrainArgs {
     /// TOML run config (default: the method's configs/<method>.toml); the flags below override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The teacher: a diffusers Stable Diffusion folder (default: the tiny fixture pipeline).
+    /// The teacher: a diffusers Stable Diffusion folder (default: assets/demo-teacher).
     #[arg(long, value_name = "DIR")]
     pub teacher: Option<PathBuf>,
     /// Images with same-stem .txt captions.
@@ -77,9 +77,16 @@ pub fn default_config_text(method: Method) -> &'static str {
     }
 }
 
-/// The tiny SD1.5-shaped pipeline of the test fixtures (the default teacher).
+/// The default teacher: the demo teacher trained by `train_teacher` (`assets/demo-teacher`), or
+/// the tiny SD1.5-shaped fixture pipeline when the demo teacher is absent.
 pub fn default_teacher() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd")
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let demo = root.join("assets/demo-teacher");
+    if demo.join("model_index.json").is_file() {
+        demo
+    } else {
+        root.join("tests/fixtures/tiny-sd")
+    }
 }
 
 impl TrainArgs {

@@ -31,7 +31,7 @@ use crate::backend::{self, Backend};
 #[derive(Parser, Debug, Clone)]
 #[command(version, about, long_about = None)]
 pub struct SampleArgs {
-    /// A diffusers Stable Diffusion folder (default: the tiny fixture pipeline).
+    /// A diffusers Stable Diffusion folder (default: assets/demo-teacher).
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// A diffusers `unet/` folder used in place of the pipeline's UNet (a whole-UNet student).

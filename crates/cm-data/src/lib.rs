@@ -9,6 +9,7 @@ pub mod batcher;
 pub mod cache;
 pub mod dataset;
 pub mod error;
+pub mod frechet;
 pub mod item;
 pub mod judge;
 pub mod sources;

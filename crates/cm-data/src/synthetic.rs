@@ -68,6 +68,25 @@ impl ShapeLabel {
             self.size, self.colour, self.shape, self.place
         )
     }
+
+    /// The label of a caption of the grammar (`None` for any other text).
+    pub fn parse(caption: &str) -> Option<Self> {
+        let rest = caption.trim().strip_prefix("a ")?;
+        let mut words = rest.splitn(4, ' ');
+        let (size, colour, shape, place) =
+            (words.next()?, words.next()?, words.next()?, words.next()?);
+        let label = Self {
+            shape: shape.into(),
+            colour: colour.into(),
+            size: size.into(),
+            place: place.into(),
+        };
+        let known = SHAPES.contains(&shape)
+            && COLOURS.iter().any(|(c, _)| *c == colour)
+            && SIZES.iter().any(|(s, _)| *s == size)
+            && PLACES.iter().any(|(p, _)| *p == place);
+        known.then_some(label)
+    }
 }
 
 /// Draws label `i` of a seeded sequence.

@@ -45,3 +45,25 @@ fn an_empty_image_has_no_shape_and_wrong_attributes_are_counted() {
     assert_eq!(accuracy.colour, 0.0);
     assert_eq!(accuracy.all, 0.0);
 }
+
+#[test]
+fn captions_of_the_grammar_parse_back_and_other_text_does_not() {
+    let mut rng = SplitMix64::new(5);
+    for _ in 0..200 {
+        let l = label(&mut rng);
+        assert_eq!(cm_data::synthetic::ShapeLabel::parse(&l.caption()), Some(l));
+    }
+    for text in [
+        "",
+        "a photo of a cat",
+        "a large red circle",
+        "a huge red circle in the center",
+        "a large red circle in the middle",
+    ] {
+        assert_eq!(
+            cm_data::synthetic::ShapeLabel::parse(text),
+            None,
+            "{text:?}"
+        );
+    }
+}

@@ -36,6 +36,14 @@ impl Linear {
         Self { sample, output }
     }
 
+    /// The forward process per example, `x_t = sqrt(ab_i) x0 + sqrt(1 - ab_i) noise` (`P` weighs
+    /// the clean sample, `Q` the noise).
+    pub fn noising(alpha_bars: &[f64]) -> Self {
+        Self::from_fn(alpha_bars.len(), |i| {
+            (alpha_bars[i].sqrt(), (1.0 - alpha_bars[i]).sqrt())
+        })
+    }
+
     /// Number of examples.
     pub fn len(&self) -> usize {
         self.sample.len()

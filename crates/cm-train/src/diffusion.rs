@@ -45,17 +45,11 @@ impl DiffusionStep {
             )));
         }
         // 1-2. x_t.
-        let mut alpha = Vec::with_capacity(n);
-        let mut sigma = Vec::with_capacity(n);
-        for &t in t {
-            let ab = self.schedule.alpha_bar(t)? as f64;
-            alpha.push(ab.sqrt());
-            sigma.push((1.0 - ab).sqrt());
-        }
-        let forward = Linear {
-            sample: alpha.clone(),
-            output: sigma.clone(),
-        };
+        let alpha_bars = t
+            .iter()
+            .map(|&t| self.schedule.alpha_bar(t).map(f64::from))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let forward = Linear::noising(&alpha_bars);
         let x_t = forward.apply(batch.x0.clone(), draws.noise.clone());
         // 3. Output under the (possibly dropped) condition.
         let condition = select_rows(
@@ -76,9 +70,10 @@ impl DiffusionStep {
         let target: Tensor<B::InnerBackend, 4> = match student.prediction_type() {
             PredictionType::Epsilon => draws.noise.clone(),
             PredictionType::Sample => batch.x0.clone(),
+            // v = alpha noise - sigma x0
             PredictionType::VPrediction => Linear {
-                sample: sigma.iter().map(|s| -s).collect(),
-                output: alpha,
+                sample: forward.output.iter().map(|s| -s).collect(),
+                output: forward.sample.clone(),
             }
             .apply(batch.x0.clone(), draws.noise.clone()),
         };

@@ -30,6 +30,7 @@ pub mod denoiser;
 pub mod diffusion;
 pub mod draws;
 pub mod error;
+pub mod eval;
 pub mod lr;
 pub mod memory;
 pub mod metrics;
@@ -43,6 +44,7 @@ pub mod sd;
 pub mod sd_data;
 pub mod session;
 pub mod step;
+pub mod teacher;
 pub mod trainer;
 
 pub use error::{Result, TrainError};

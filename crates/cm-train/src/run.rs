@@ -66,6 +66,10 @@ pub struct RunOutcome {
     pub resumed_from: Option<PathBuf>,
     /// One record per step run in this process.
     pub records: Vec<StepRecord>,
+    /// The last comparison grid's columns read by the analytic judge (`cm_data::judge`): the
+    /// column's name and the fraction of its images fully right (empty unless every validation
+    /// prompt is a caption of the captioned-shapes grammar).
+    pub judged: Vec<(String, f64)>,
     /// Wall time, seconds.
     pub seconds: f64,
 }
@@ -442,6 +446,7 @@ fn run_peer<A: AutodiffBackend>(
         &options,
         device,
     )?;
+    let judged = std::mem::take(&mut hooks.judged);
     drop(source);
     if let Some(peer) = trainer.peer.take() {
         peer.finish::<A::InnerBackend>()?;
@@ -473,6 +478,7 @@ fn run_peer<A: AutodiffBackend>(
         unet: unet_path,
         resumed_from,
         records,
+        judged,
         seconds: start.elapsed().as_secs_f64(),
     };
     if primary {
@@ -578,6 +584,10 @@ struct Validation<'a, B: Backend> {
     student_columns: Vec<(SamplerKind, usize)>,
     teacher_cells: Option<Vec<image::RgbImage>>,
     out: PathBuf,
+    /// The prompts' labels when every prompt is a captioned-shapes caption.
+    labels: Option<Vec<cm_data::synthetic::ShapeLabel>>,
+    /// The last grid's columns read by the judge.
+    judged: Vec<(String, f64)>,
 }
 
 impl<'a, B: Backend> Validation<'a, B> {
@@ -619,6 +629,13 @@ impl<'a, B: Backend> Validation<'a, B> {
             student_columns,
             teacher_cells: None,
             out,
+            labels: config
+                .output
+                .validation_prompts
+                .iter()
+                .map(|p| cm_data::synthetic::ShapeLabel::parse(p))
+                .collect(),
+            judged: Vec::new(),
         })
     }
 
@@ -685,8 +702,28 @@ impl<A: AutodiffBackend> SessionHooks<A, SdUnet<A>> for Validation<'_, A::InnerB
         let n = self.prompts.len();
         columns.push(teacher[..n].to_vec());
         columns.push(teacher[n..].to_vec());
+        let w = self.teacher_guidance;
+        let mut names = vec![
+            format!("teacher DDIM 50, w {w}"),
+            format!("teacher DDIM 4, w {w}"),
+        ];
         for &(sampler, steps) in &self.student_columns.clone() {
             columns.push(self.cells(&model.unet, sampler, steps, student_guidance)?);
+            let kind = match sampler {
+                SamplerKind::MultiBoundary { .. } => "multi-boundary",
+                _ => "LCM",
+            };
+            names.push(format!(
+                "student, {steps} {kind} step{}",
+                if steps == 1 { "" } else { "s" }
+            ));
+        }
+        if let Some(labels) = &self.labels {
+            self.judged = names
+                .into_iter()
+                .zip(&columns)
+                .map(|(name, images)| (name, cm_data::judge::Accuracy::of(images, labels).all))
+                .collect();
         }
         // Row-major: prompt by prompt, one column per method.
         let ordered: Vec<image::RgbImage> = (0..n)
@@ -725,4 +762,10 @@ fn print_summary(config: &RunConfig, outcome: &RunOutcome) {
         "| comparison grid | {} (columns: teacher DDIM 50, teacher DDIM 4, student) |",
         outcome.comparison.display()
     );
+    for (name, all) in &outcome.judged {
+        println!(
+            "| judge on the grid: {name} | {:.0}% fully right |",
+            100.0 * all
+        );
+    }
 }

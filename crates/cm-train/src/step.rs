@@ -125,13 +125,11 @@ pub struct ConsistencyStep {
 fn signal_and_noise(solver: &DdimSolver, t: &[usize]) -> Result<Linear> {
     // x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) noise, with the solver's alpha_bar (1 at s = 0 in the
     // seed variant, so the CT neighbour at s = 0 is the data itself).
-    let mut out = Linear::from_fn(t.len(), |_| (0.0, 0.0));
-    for (i, &t) in t.iter().enumerate() {
-        let alpha_bar = solver.alpha_bar(t)? as f64;
-        out.sample[i] = alpha_bar.sqrt();
-        out.output[i] = (1.0 - alpha_bar).sqrt();
-    }
-    Ok(out)
+    let alpha_bars = t
+        .iter()
+        .map(|&t| solver.alpha_bar(t).map(f64::from))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(Linear::noising(&alpha_bars))
 }
 
 impl ConsistencyStep {

@@ -71,27 +71,13 @@ impl GaussianMixture {
     /// `n` samples with their class labels, drawn with `seed`: `([n * dim] values, labels)`.
     pub fn sample(&self, n: usize, seed: u64) -> (Vec<f32>, Vec<usize>) {
         let mut rng = generator(seed, &[0x0_5A_4D_1E]);
-        let d = self.dim();
-        let mut values = Vec::with_capacity(n * d);
+        let all: Vec<usize> = (0..self.means.len()).collect();
+        let mut values = Vec::with_capacity(n * self.dim());
         let mut labels = Vec::with_capacity(n);
         for _ in 0..n {
             let u: f64 = rng.random();
-            let mut acc = 0.0;
-            let k = self
-                .weights
-                .iter()
-                .position(|w| {
-                    acc += w;
-                    u < acc
-                })
-                .unwrap_or(self.weights.len() - 1);
-            let z = normals(&mut rng, d);
-            values.extend(
-                self.means[k]
-                    .iter()
-                    .zip(&z)
-                    .map(|(m, z)| (m + self.stds[k] * *z as f64) as f32),
-            );
+            let k = self.pick(&all, u);
+            self.draw_point(k, &mut rng, &mut values);
             labels.push(self.classes[k]);
         }
         (values, labels)
@@ -101,31 +87,46 @@ impl GaussianMixture {
     /// drawn with `seed`: `[labels.len() * dim]` values.
     pub fn sample_classes(&self, labels: &[usize], seed: u64) -> Vec<f32> {
         let mut rng = generator(seed, &[0xC1A55]);
-        let d = self.dim();
-        let mut values = Vec::with_capacity(labels.len() * d);
+        let mut values = Vec::with_capacity(labels.len() * self.dim());
         for &c in labels {
             let members: Vec<usize> = (0..self.means.len())
                 .filter(|&k| self.classes[k] == c)
                 .collect();
             let total: f64 = members.iter().map(|&k| self.weights[k]).sum();
             let u: f64 = rng.random::<f64>() * total;
-            let mut acc = 0.0;
-            let k = *members
-                .iter()
-                .find(|&&k| {
-                    acc += self.weights[k];
-                    u < acc
-                })
-                .unwrap_or(members.last().expect("every class has a component"));
-            let z = normals(&mut rng, d);
-            values.extend(
-                self.means[k]
-                    .iter()
-                    .zip(&z)
-                    .map(|(m, z)| (m + self.stds[k] * *z as f64) as f32),
-            );
+            let k = self.pick(&members, u);
+            self.draw_point(k, &mut rng, &mut values);
         }
         values
+    }
+
+    /// The component of `members` where the running sum of weights first exceeds `u`.
+    fn pick(&self, members: &[usize], u: f64) -> usize {
+        let mut acc = 0.0;
+        members
+            .iter()
+            .copied()
+            .find(|&k| {
+                acc += self.weights[k];
+                u < acc
+            })
+            .unwrap_or(*members.last().expect("a component"))
+    }
+
+    /// Appends one point of component `k`: `mu_k + tau_k z`.
+    fn draw_point(
+        &self,
+        k: usize,
+        rng: &mut rand::rngs::Xoshiro256PlusPlus,
+        values: &mut Vec<f32>,
+    ) {
+        let z = normals(rng, self.dim());
+        values.extend(
+            self.means[k]
+                .iter()
+                .zip(&z)
+                .map(|(m, z)| (m + self.stds[k] * *z as f64) as f32),
+        );
     }
 
     /// One-hot conditions `[n, classes]` of labels.

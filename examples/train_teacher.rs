@@ -1,0 +1,112 @@
+//! Trains the demo teacher from scratch on the captioned-shapes set: a small SD-shaped pipeline
+//! (AutoencoderKL, CLIP text encoder with the SD1.5 tokenizer, UNet2DConditionModel with
+//! cross-attention) written in the diffusers folder layout (`assets/demo-teacher/` by default).
+//!
+//! ```text
+//! cargo run --release --example train_teacher -- [--out assets/demo-teacher] [--vae-steps N]
+//!     [--unet-steps N] [--batch N] [--side PX] [--seed S] [--f32]
+//! ```
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Parser;
+use consistency_models::backend::{self, AutodiffBackend};
+use consistency_models::train::metrics::format_duration;
+use consistency_models::train::teacher::{
+    demo_teacher_dir, save_pipeline, train_teacher, TeacherRecipe,
+};
+
+/// Train the demo teacher.
+#[derive(Parser, Debug)]
+#[command(about, long_about = None)]
+struct Args {
+    /// Output pipeline folder.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// VAE steps.
+    #[arg(long, default_value_t = TeacherRecipe::default().vae_steps)]
+    vae_steps: u64,
+    /// Text encoder + UNet steps.
+    #[arg(long, default_value_t = TeacherRecipe::default().unet_steps)]
+    unet_steps: u64,
+    /// Batch size.
+    #[arg(long, default_value_t = TeacherRecipe::default().batch)]
+    batch: usize,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = TeacherRecipe::default().side)]
+    side: u32,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write fp32 weights (default fp16).
+    #[arg(long)]
+    f32: bool,
+    /// Write the pipeline as it stands every N UNet steps (0: only at the end).
+    #[arg(long, default_value_t = TeacherRecipe::default().snapshot_every)]
+    snapshot_every: u64,
+    /// Progress line every N steps.
+    #[arg(long, default_value_t = 50)]
+    log_every: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let recipe = TeacherRecipe {
+        vae_steps: args.vae_steps,
+        unet_steps: args.unet_steps,
+        batch: args.batch,
+        side: args.side,
+        seed: args.seed,
+        snapshot_every: args.snapshot_every,
+        ..Default::default()
+    };
+    let out = args.out.clone().unwrap_or_else(demo_teacher_dir);
+    backend::guard_device(|| {
+        println!(
+            "training the demo teacher on {}: {recipe:?}",
+            backend::describe()
+        );
+        let start = Instant::now();
+        let mut phase_start = (String::new(), Instant::now());
+        let mut progress = |phase: &str, step: u64, total: u64, loss: f64| {
+            if phase != phase_start.0 {
+                phase_start = (phase.to_string(), Instant::now());
+            }
+            if step.is_multiple_of(args.log_every.max(1)) || step == total {
+                let rate = step as f64 / phase_start.1.elapsed().as_secs_f64();
+                println!(
+                    "{phase} step {step}/{total}  loss {loss:.5}  {rate:.2} it/s  ETA {}",
+                    format_duration((total - step) as f64 / rate)
+                );
+            }
+        };
+        let dtype = if args.f32 {
+            burn::tensor::DType::F32
+        } else {
+            burn::tensor::DType::F16
+        };
+        let tokenizer =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd/tokenizer");
+        let mut snapshot = |teacher: &_| {
+            save_pipeline(teacher, &out, dtype, &tokenizer)?;
+            println!("snapshot written to {}", out.display());
+            Ok(())
+        };
+        let teacher = train_teacher::<AutodiffBackend>(
+            &recipe,
+            &backend::device(),
+            &mut progress,
+            &mut snapshot,
+        )?;
+        save_pipeline(&teacher, &out, dtype, &tokenizer)?;
+        println!(
+            "wrote {} in {} (final losses: VAE {:.5}, UNet {:.5})",
+            out.display(),
+            format_duration(start.elapsed().as_secs_f64()),
+            teacher.final_losses.0,
+            teacher.final_losses.1
+        );
+        Ok(())
+    })
+}

@@ -1,0 +1,145 @@
+//! The demo path, fast: the three training examples' default configs resolved exactly as the
+//! binaries resolve them (no flags but a few steps and a small batch) run on the committed demo
+//! teacher and write every promised output; and the teacher recipe itself trains, saves a
+//! diffusers folder and loads back (tiny sizes, a few steps).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use consistency_models::backend::{AutodiffBackend, Backend};
+use consistency_models::cli::{default_teacher, TrainArgs};
+use consistency_models::models::pipeline::{PipelineLoadOptions, StableDiffusion};
+use consistency_models::train::config::Method;
+use consistency_models::train::teacher::{
+    demo_teacher_dir, save_pipeline, train_teacher, TeacherRecipe,
+};
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cm-demo-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn the_default_teacher_is_the_committed_demo_teacher() {
+    let teacher = default_teacher();
+    assert!(
+        teacher.ends_with("assets/demo-teacher"),
+        "{}",
+        teacher.display()
+    );
+    assert_eq!(
+        std::fs::canonicalize(&teacher).unwrap(),
+        std::fs::canonicalize(demo_teacher_dir()).unwrap()
+    );
+    // Loads with the default options, as every command loads it.
+    StableDiffusion::<Backend>::load(
+        &teacher,
+        PipelineLoadOptions::default(),
+        &Default::default(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn each_training_example_runs_its_defaults_on_the_demo_teacher() {
+    for method in [Method::Ct, Method::Cd, Method::Multiboundary] {
+        let out = temp(method.name());
+        let args = TrainArgs::try_parse_from([
+            "demo",
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .unwrap();
+        let mut config = args.resolve(method).unwrap();
+        assert!(config
+            .model
+            .teacher
+            .as_ref()
+            .unwrap()
+            .ends_with("assets/demo-teacher"));
+        config.data.synthetic_items = 8;
+        config.output.validation_prompts.truncate(1);
+        let outcome =
+            consistency_models::train::run::run::<Backend>(&config, false, &Default::default())
+                .unwrap();
+        assert_eq!(outcome.records.len(), 2);
+        assert!(outcome.records.iter().all(|r| r.loss.is_finite()));
+        let lora = outcome.lora.expect("a LoRA run writes its LoRA");
+        assert!(lora.is_file(), "{}", lora.display());
+        for file in ["comparison.png", "config.toml", "metrics.jsonl", "loss.png"] {
+            assert!(
+                out.join(file).is_file(),
+                "{method:?}: {file} missing in {}",
+                out.display()
+            );
+        }
+        let grid = image::open(out.join("comparison.png")).unwrap();
+        // One prompt row; CD/CT: teacher 50, teacher 4, student 1, 2, 4 = 5 columns; multi-boundary: 3.
+        let columns = if method == Method::Multiboundary {
+            3
+        } else {
+            5
+        };
+        assert!(
+            grid.width() >= columns * 32 && grid.width() < (columns + 1) * 32 + 64,
+            "{method:?}: {}",
+            grid.width()
+        );
+        let _ = std::fs::remove_dir_all(&out);
+    }
+}
+
+#[test]
+fn a_tiny_teacher_recipe_trains_saves_and_loads_as_a_pipeline() {
+    let recipe = TeacherRecipe {
+        side: 16,
+        vae_channels: vec![16, 16],
+        unet_channels: vec![32, 32],
+        text_width: 32,
+        text_layers: 1,
+        vae_steps: 2,
+        unet_steps: 3,
+        batch: 2,
+        snapshot_every: 2,
+        ..Default::default()
+    };
+    let out = temp("teacher");
+    let tokenizer =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd/tokenizer");
+    let mut snapshots = 0;
+    let mut phases = Vec::new();
+    let teacher = train_teacher::<AutodiffBackend>(
+        &recipe,
+        &Default::default(),
+        &mut |phase, step, total, loss| {
+            assert!(loss.is_finite());
+            phases.push((phase.to_string(), step, total));
+        },
+        &mut |_| {
+            snapshots += 1;
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        snapshots, 1,
+        "a snapshot at UNet step 2 of 3 (not at the end)"
+    );
+    assert_eq!(phases.first().unwrap(), &("vae".to_string(), 1, 2));
+    assert_eq!(phases.last().unwrap(), &("unet".to_string(), 3, 3));
+    save_pipeline(&teacher, &out, burn::tensor::DType::F16, &tokenizer).unwrap();
+    let sd =
+        StableDiffusion::<Backend>::load(&out, PipelineLoadOptions::default(), &Default::default())
+            .unwrap();
+    assert_eq!(sd.vae_scale_factor(), 2);
+    assert!((sd.vae.scaling_factor - teacher.vae.scaling_factor).abs() < 1e-6);
+    assert!(out
+        .join("unet/diffusion_pytorch_model.fp16.safetensors")
+        .is_file());
+    let _ = std::fs::remove_dir_all(&out);
+}
