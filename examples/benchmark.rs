@@ -20,7 +20,7 @@ use consistency_models::data::frechet::image_frechet_distance;
 use consistency_models::models::pipeline::{PipelineLoadOptions, StableDiffusion};
 use consistency_models::schedulers::config::{SchedulerClass, SchedulerConfig, TimestepSpacing};
 use consistency_models::train::eval::{
-    eval_labels, evaluate, markdown_row, real_images, EvalRow, MARKDOWN_HEADER,
+    eval_labels, evaluate, markdown_row, real_images, vae_reconstruction, EvalRow, MARKDOWN_HEADER,
 };
 use consistency_models::train::sampling::SamplerKind;
 
@@ -143,6 +143,10 @@ fn main() -> anyhow::Result<()> {
             lines.push(line);
             rows.push(row);
         };
+        report(
+            vae_reconstruction(&sd, &labels, &reference, args.batch, &device)?,
+            &mut lines,
+        );
         let mut ddim = SchedulerConfig::from_json_value_as(
             &sd.scheduler_config,
             &sd.scheduler_config_path(),

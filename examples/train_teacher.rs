@@ -4,8 +4,12 @@
 //!
 //! ```text
 //! cargo run --release --example train_teacher -- [--out assets/demo-teacher] [--vae-steps N]
-//!     [--unet-steps N] [--batch N] [--side PX] [--seed S] [--f32]
+//!     [--unet-steps N] [--batch N] [--side PX] [--seed S] [--f32] [--snapshot-every N]
+//!     [--resume-from DIR]
 //! ```
+//!
+//! `--resume-from` continues a pipeline this example wrote (a longer budget in several sittings):
+//! its VAE is kept and its text encoder and UNet train `--unet-steps` more steps.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -45,6 +49,10 @@ struct Args {
     /// Write the pipeline as it stands every N UNet steps (0: only at the end).
     #[arg(long, default_value_t = TeacherRecipe::default().snapshot_every)]
     snapshot_every: u64,
+    /// Continue from a pipeline folder written by this example (its VAE kept; text encoder and
+    /// UNet train --unet-steps more steps).
+    #[arg(long, value_name = "DIR")]
+    resume_from: Option<PathBuf>,
     /// Progress line every N steps.
     #[arg(long, default_value_t = 50)]
     log_every: u64,
@@ -59,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         side: args.side,
         seed: args.seed,
         snapshot_every: args.snapshot_every,
+        resume_from: args.resume_from.clone(),
         ..Default::default()
     };
     let out = args.out.clone().unwrap_or_else(demo_teacher_dir);

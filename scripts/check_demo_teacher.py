@@ -2,11 +2,11 @@
 """Checks that the demo teacher (assets/demo-teacher, written by examples/train_teacher.rs) loads in
 diffusers' StableDiffusionPipeline and draws the same image as our sampler from the same noise.
 
-First write our run (initial latents included) with the sample example, then compare:
+Write the initial noise (--write-init), draw our image from it with the sample example, then compare:
     cargo run --release --example sample -- --model assets/demo-teacher --prompt "a large red circle in the center" \\
-        --scheduler ddim --steps 50 --guidance 7.5 --seed 3 --out /tmp/ours.png --save-tensors /tmp/ours.safetensors \\
+        --scheduler ddim --steps 50 --guidance 3 --out /tmp/ours.png --save-tensors /tmp/ours.safetensors \\
         --init-latents /tmp/init.safetensors
-    ~/.cache/cm-venv/bin/python scripts/check_demo_teacher.py --init /tmp/init.safetensors --ours /tmp/ours.safetensors
+    ~/.cache/cm-venv/bin/python scripts/check_demo_teacher.py --guidance 3
 `--write-init` writes a fresh /tmp/init.safetensors (standard normal, the teacher's latent shape) first.
 Prints the relative error of the final latents and of the decoded images; exits 1 above 1e-3.
 """
@@ -32,7 +32,7 @@ def main():
     parser.add_argument("--ours", default="/tmp/ours.safetensors")
     parser.add_argument("--write-init", action="store_true")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--guidance", type=float, default=3.0)
     args = parser.parse_args()
     pipe = StableDiffusionPipeline.from_pretrained(args.model, variant="fp16", torch_dtype=torch.float32,
                                                    safety_checker=None, requires_safety_checker=False)

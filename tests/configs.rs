@@ -62,3 +62,19 @@ fn flags_override_the_config() {
         "--coco needs --images"
     );
 }
+
+#[test]
+fn the_sd15_config_reads_and_sets_the_lcm_recipe() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/sd15-cd.toml");
+    let config = RunConfig::from_toml_file(&path, Method::Cd).unwrap();
+    config.validate().unwrap();
+    assert_eq!(config.consistency.solver_steps, 50);
+    assert_eq!(config.train.lr, 1e-4);
+    assert_eq!(config.data.resolution, Some(512));
+    assert!(config.model.gradient_checkpointing);
+    // Everything it does not name is the demo preset's.
+    assert_eq!(
+        config.model.lora_rank,
+        RunConfig::preset(Method::Cd).model.lora_rank
+    );
+}

@@ -141,5 +141,21 @@ fn a_tiny_teacher_recipe_trains_saves_and_loads_as_a_pipeline() {
     assert!(out
         .join("unet/diffusion_pytorch_model.fp16.safetensors")
         .is_file());
+
+    // Continuing from the folder: the VAE (and its scaling factor) kept, one more UNet step.
+    let resumed = train_teacher::<AutodiffBackend>(
+        &TeacherRecipe {
+            unet_steps: 1,
+            snapshot_every: 0,
+            resume_from: Some(out.clone()),
+            ..recipe.clone()
+        },
+        &Default::default(),
+        &mut |phase, _, _, _| assert_eq!(phase, "unet", "no VAE phase when resuming"),
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    assert_eq!(resumed.vae.scaling_factor, sd.vae.scaling_factor);
+    assert_eq!(resumed.configs.1, teacher.configs.1);
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -2,11 +2,16 @@
 //! defines (no learned network: an Inception-based FID needs weights we cannot download, and
 //! would mean little on 32 px synthetic shapes).
 //!
-//! Features of one image ([`features`], [`FEATURES`] = 56 numbers, every one in [0, 1]):
-//! 1. Layout and colour: the image average-pooled to a 4 x 4 grid, RGB / 255 (48 numbers).
-//! 2. Shape: a histogram of gradient orientations (8 bins over [0, pi), central differences of
-//!    the luminance, each pixel weighted by its gradient magnitude, normalised to sum 1): a
-//!    square puts its edges at 0 and pi/2, a circle spreads evenly, the triangle adds +-pi/3.
+//! Features of one image ([`features`], [`FEATURES`] = 56 numbers). The background (dark or
+//! light) is the one thing a caption leaves free, so the features are taken relative to it (the
+//! judge's background estimate, `judge::background`):
+//! 1. Layout and colour: the foreground (pixels farther than the judge's
+//!    `FOREGROUND_DISTANCE` from the background, RGB / 255; background pixels 0) average-pooled
+//!    to a 4 x 4 grid (48 numbers in [0, 1]).
+//! 2. Shape and sharpness: a histogram of gradient orientations (8 bins over [0, pi); central
+//!    differences, the gradient of each RGB channel added, each pixel contributing its gradient
+//!    magnitude, divided by the number of pixels): a square puts its edges at 0 and pi/2, a circle
+//!    spreads evenly, the triangle adds +-pi/3, and a blurred edge adds less than a sharp one.
 //!
 //! The distance ([`frechet_distance`]) is the one of FID: for Gaussians fitted to the two feature
 //! sets, `|mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a^(1/2) S_b S_a^(1/2))^(1/2))`, with the
@@ -25,14 +30,31 @@ const ORIENTATION_BINS: usize = 8;
 /// The feature vector of one image (see the module docs).
 pub fn features(image: &RgbImage) -> Vec<f64> {
     let (w, h) = image.dimensions();
+    let background = crate::judge::background(image);
+    let value =
+        |x: u32, y: u32, c: usize| (image.get_pixel(x, y).0[c] as f64 - background[c]) / 255.0;
+    let foreground = |x: u32, y: u32, c: usize| {
+        let p = image.get_pixel(x, y).0;
+        let distance = (0..3)
+            .map(|c| (p[c] as f64 - background[c]).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        if distance > crate::judge::FOREGROUND_DISTANCE {
+            p[c] as f64 / 255.0
+        } else {
+            0.0
+        }
+    };
     let mut out = vec![0.0; FEATURES];
-    // 1. 4 x 4 average pooling of RGB / 255.
+    // 1. 4 x 4 average pooling of the foreground.
     let mut counts = [0.0f64; 16];
-    for (x, y, p) in image.enumerate_pixels() {
-        let cell = ((y * 4 / h.max(1)) * 4 + x * 4 / w.max(1)) as usize;
-        counts[cell] += 1.0;
-        for c in 0..3 {
-            out[cell * 3 + c] += p.0[c] as f64 / 255.0;
+    for y in 0..h {
+        for x in 0..w {
+            let cell = ((y * 4 / h) * 4 + x * 4 / w) as usize;
+            counts[cell] += 1.0;
+            for c in 0..3 {
+                out[cell * 3 + c] += foreground(x, y, c);
+            }
         }
     }
     for (cell, count) in counts.iter().enumerate() {
@@ -40,17 +62,16 @@ pub fn features(image: &RgbImage) -> Vec<f64> {
             out[cell * 3 + c] /= count.max(1.0);
         }
     }
-    // 2. Magnitude-weighted orientation histogram of the luminance gradient.
-    let luminance = |x: u32, y: u32| {
-        let p = image.get_pixel(x, y).0;
-        (0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64) / 255.0
-    };
+    // 2. Magnitude-weighted orientation histogram of the RGB gradient.
     let histogram = &mut out[48..];
-    let mut total = 0.0;
+    let pixels = (w as f64 * h as f64).max(1.0);
     for y in 1..h.saturating_sub(1) {
         for x in 1..w.saturating_sub(1) {
-            let gx = luminance(x + 1, y) - luminance(x - 1, y);
-            let gy = luminance(x, y + 1) - luminance(x, y - 1);
+            let (mut gx, mut gy) = (0.0, 0.0);
+            for c in 0..3 {
+                gx += value(x + 1, y, c) - value(x - 1, y, c);
+                gy += value(x, y + 1, c) - value(x, y - 1, c);
+            }
             let magnitude = (gx * gx + gy * gy).sqrt();
             if magnitude == 0.0 {
                 continue;
@@ -58,12 +79,8 @@ pub fn features(image: &RgbImage) -> Vec<f64> {
             let angle = gy.atan2(gx).rem_euclid(std::f64::consts::PI);
             let bin = ((angle / std::f64::consts::PI * ORIENTATION_BINS as f64) as usize)
                 .min(ORIENTATION_BINS - 1);
-            histogram[bin] += magnitude;
-            total += magnitude;
+            histogram[bin] += magnitude / pixels;
         }
-    }
-    if total > 0.0 {
-        histogram.iter_mut().for_each(|v| *v /= total);
     }
     out
 }

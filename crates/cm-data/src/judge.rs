@@ -22,6 +22,27 @@ use crate::synthetic::{ShapeLabel, COLOURS, PLACES, SIZES};
 /// RGB distance from the background above which a pixel is foreground.
 pub const FOREGROUND_DISTANCE: f64 = 60.0;
 
+/// The background colour of an image: the per-channel median of its border pixels (0-255; an
+/// empty image gives black).
+pub fn background(image: &RgbImage) -> [f64; 3] {
+    let (w, h) = image.dimensions();
+    let mut border: Vec<[u8; 3]> = Vec::new();
+    for x in 0..w {
+        border.push(image.get_pixel(x, 0).0);
+        border.push(image.get_pixel(x, h.saturating_sub(1)).0);
+    }
+    for y in 1..h.saturating_sub(1) {
+        border.push(image.get_pixel(0, y).0);
+        border.push(image.get_pixel(w.saturating_sub(1), y).0);
+    }
+    let median = |c: usize| {
+        let mut v: Vec<u8> = border.iter().map(|p| p[c]).collect();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or(0) as f64
+    };
+    [median(0), median(1), median(2)]
+}
+
 /// What the judge read from an image (`None`: nothing that looks like a shape).
 pub fn judge(image: &RgbImage) -> Option<ShapeLabel> {
     let (w, h) = image.dimensions();
@@ -29,21 +50,7 @@ pub fn judge(image: &RgbImage) -> Option<ShapeLabel> {
         return None;
     }
     // 1. Background: the per-channel median of the border.
-    let mut border: Vec<[u8; 3]> = Vec::new();
-    for x in 0..w {
-        border.push(image.get_pixel(x, 0).0);
-        border.push(image.get_pixel(x, h - 1).0);
-    }
-    for y in 1..h - 1 {
-        border.push(image.get_pixel(0, y).0);
-        border.push(image.get_pixel(w - 1, y).0);
-    }
-    let median = |c: usize| {
-        let mut v: Vec<u8> = border.iter().map(|p| p[c]).collect();
-        v.sort_unstable();
-        v[v.len() / 2] as f64
-    };
-    let background = [median(0), median(1), median(2)];
+    let background = background(image);
     let distance = |p: [u8; 3]| {
         (0..3)
             .map(|c| (p[c] as f64 - background[c]).powi(2))

@@ -215,11 +215,11 @@ impl Default for ConsistencyConfig {
             timestep_scaling: 10.0,
             segments: 1,
             boundaries: None,
-            solver_steps: 50,
+            solver_steps: 10,
             solver_variant: SolverVariantName::Seed,
             loss: Loss::PseudoHuber { c: 0.001 },
             target: TargetNetwork::StopGrad,
-            guidance: GuidanceDraw::Fixed(7.5),
+            guidance: GuidanceDraw::Fixed(3.0),
             condition_dropout: 0.0,
         }
     }
@@ -255,12 +255,12 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
-            steps: 1000,
-            batch_size: 8,
+            steps: 450,
+            batch_size: 16,
             gradient_accumulation: 1,
             devices: 1,
             seed: 0,
-            lr: 1e-4,
+            lr: 1e-3,
             warmup_steps: 0,
             lr_decay: LrDecay::Constant,
             adamw: AdamWSettings::default(),
@@ -352,9 +352,14 @@ impl RunConfig {
             train: TrainConfig::default(),
             output: OutputConfig::default(),
         };
+        config.output.dir = PathBuf::from("out").join(method.name());
         match method {
             Method::Cd => {}
-            Method::Multiboundary => config.consistency.segments = 4,
+            Method::Multiboundary => {
+                // The sampler visits 999, 759, 499, 259: on the 50-step grid, not the 10-step one.
+                config.consistency.segments = 4;
+                config.consistency.solver_steps = 50;
+            }
             Method::Ct => config.consistency.guidance = GuidanceDraw::Fixed(1.0),
         }
         config
@@ -651,7 +656,7 @@ mod tests {
         assert_eq!(c.method, Method::Multiboundary);
         assert_eq!(c.consistency.segments, 4, "the preset of the file's method");
         assert_eq!(c.train.lr, 2e-4);
-        assert_eq!(c.train.batch_size, 8);
+        assert_eq!(c.train.batch_size, 16);
         assert_eq!(c.consistency.loss, Loss::L2);
         let c = parse("[consistency]\nguidance = { min = 5.0, max = 15.0 }\ntarget = { kind = \"ema\", decay = 0.95 }\n").unwrap();
         assert_eq!(

@@ -119,8 +119,13 @@ pub fn load_latents<B: Backend>(
     let cache = match LatentCache::open(cache_dir, &key) {
         Ok(cache) => cache,
         Err(reason) => {
+            let why = if cache_dir.join("manifest.json").exists() {
+                format!("the cache there is not usable: {reason}")
+            } else {
+                "no cache there yet".to_string()
+            };
             println!(
-                "encoding {} images into the latent cache {} ({reason})",
+                "encoding {} images into the latent cache {} ({why})",
                 dataset.items().len(),
                 cache_dir.display()
             );

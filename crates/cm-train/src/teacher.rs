@@ -20,6 +20,7 @@ use cm_models::clip::{ClipTextConfig, ClipTextModel, ClipTokenizer};
 use cm_models::config_json::JsonConfig;
 use cm_models::unet::{UNet2DConditionModel, UNetConfig};
 use cm_models::vae::{AutoencoderKL, VaeConfig};
+use cm_models::{Component, WeightVariant};
 use cm_schedulers::config::{PredictionType, SchedulerConfig};
 use cm_schedulers::schedule::NoiseSchedule;
 
@@ -287,6 +288,10 @@ pub struct TeacherRecipe {
     pub seed: u64,
     /// Hand a snapshot of the UNet phase to the caller every this many steps (0: never).
     pub snapshot_every: u64,
+    /// Continue from a pipeline folder this recipe wrote: keep its VAE, train its text encoder
+    /// and UNet `unet_steps` more steps (a fresh warm-up and cosine decay); the architecture
+    /// fields above are then ignored (the folder's configs rule).
+    pub resume_from: Option<PathBuf>,
 }
 
 impl Default for TeacherRecipe {
@@ -298,12 +303,13 @@ impl Default for TeacherRecipe {
             unet_layers: 1,
             text_width: 64,
             text_layers: 2,
-            vae_steps: 1500,
-            unet_steps: 6000,
+            vae_steps: 700,
+            unet_steps: 2500,
             batch: 32,
             lr: (1e-3, 5e-4),
             seed: 0,
             snapshot_every: 500,
+            resume_from: None,
         }
     }
 }
@@ -401,49 +407,116 @@ pub struct TrainedTeacher<B: Backend> {
     pub final_losses: (f64, f64),
 }
 
+/// Reads `dir/name` as JSON.
+fn read_json(dir: &Path, name: &str) -> Result<serde_json::Value> {
+    let path = dir.join(name);
+    let bytes = std::fs::read(&path).map_err(|e| cm_io::IoError::read(&path, e))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| TrainError::Invalid(format!("{}: not valid JSON: {e}", path.display())))
+}
+
 /// Trains a teacher with `recipe`; `progress` gets `(phase, step, total, loss)` after each step and
 /// `snapshot` the teacher as it stands every `recipe.snapshot_every` UNet steps (so a long run that
-/// is interrupted still leaves a usable pipeline behind).
+/// is interrupted still leaves a usable pipeline behind). With `recipe.resume_from` the VAE,
+/// text encoder and UNet (and their configs) come from that pipeline folder, phase 1 is skipped
+/// and phase 3 continues for `unet_steps` more steps.
 pub fn train_teacher<A: AutodiffBackend>(
     recipe: &TeacherRecipe,
     device: &A::Device,
     progress: &mut dyn FnMut(&str, u64, u64, f64),
     snapshot: &mut dyn FnMut(&TrainedTeacher<A::InnerBackend>) -> Result<()>,
 ) -> Result<TrainedTeacher<A::InnerBackend>> {
-    let (vae_json, unet_json, text_json) = configs(recipe);
-    let vae_config: VaeConfig = json_config(&vae_json, "vae/config.json")?;
-    let unet_config: UNetConfig = json_config(&unet_json, "unet/config.json")?;
-    let text_config: ClipTextConfig = json_config(&text_json, "text_encoder/config.json")?;
     let images = ShapeImages::render(recipe.side);
-
-    // 1. The VAE (initial values from the backend RNG, seeded by the recipe).
     A::seed(device, recipe.seed);
-    let vae: AutoencoderKL<A> = vae_config.init::<A>(device);
-    let mut trainer = Trainer::new(
-        vae,
-        settings(
-            recipe.vae_steps,
-            recipe.batch,
-            recipe.lr.0,
-            recipe.seed,
-            1000,
-            0.0,
-        ),
-        VaeObjective { kl_weight: 1e-4 },
-    )?;
-    let mut source = ImageSource {
-        images: &images,
-        seed: recipe.seed,
-    };
     let mut vae_losses = Vec::new();
-    while trainer.step < recipe.vae_steps {
-        let r = trainer.train_step::<_, TextUNet<A::InnerBackend>, 2>(&mut source, None, device)?;
-        progress("vae", r.step + 1, recipe.vae_steps, r.loss);
-        vae_losses.push(r.loss);
-    }
-    let mut vae = trainer.student.valid();
+    let (mut vae, student, vae_json, unet_json, text_json) = match &recipe.resume_from {
+        Some(dir) => {
+            // 1'. A pipeline written by this recipe: every module and config from the folder.
+            let load = |e: cm_models::ModelError| {
+                TrainError::Invalid(format!("resuming from {}: {e}", dir.display()))
+            };
+            let (vae, _, _) = AutoencoderKL::<A::InnerBackend>::from_folder(
+                dir.join("vae"),
+                WeightVariant::Auto,
+                DType::F32,
+                device,
+            )
+            .map_err(load)?;
+            let (text_encoder, _, _) = ClipTextModel::<A>::from_folder(
+                dir.join("text_encoder"),
+                WeightVariant::Auto,
+                DType::F32,
+                device,
+            )
+            .map_err(load)?;
+            let (unet, _, _) = UNet2DConditionModel::<A>::from_folder(
+                dir.join("unet"),
+                WeightVariant::Auto,
+                DType::F32,
+                device,
+            )
+            .map_err(load)?;
+            let mut text_json = read_json(dir, "text_encoder/config.json")?;
+            if let Some(map) = text_json.as_object_mut() {
+                map.remove("torch_dtype");
+            }
+            (
+                vae,
+                TextUNet { text_encoder, unet },
+                read_json(dir, "vae/config.json")?,
+                read_json(dir, "unet/config.json")?,
+                text_json,
+            )
+        }
+        None => {
+            let (vae_json, unet_json, text_json) = configs(recipe);
+            let vae_config: VaeConfig = json_config(&vae_json, "vae/config.json")?;
+            let unet_config: UNetConfig = json_config(&unet_json, "unet/config.json")?;
+            let text_config: ClipTextConfig = json_config(&text_json, "text_encoder/config.json")?;
 
-    // 2. Latents of the 360 images and the scaling factor that gives them unit variance.
+            // 1. The VAE (initial values from the backend RNG, seeded by the recipe).
+            let vae: AutoencoderKL<A> = vae_config.init::<A>(device);
+            let mut trainer = Trainer::new(
+                vae,
+                settings(
+                    recipe.vae_steps,
+                    recipe.batch,
+                    recipe.lr.0,
+                    recipe.seed,
+                    1000,
+                    0.0,
+                ),
+                VaeObjective { kl_weight: 1e-4 },
+            )?;
+            let mut source = ImageSource {
+                images: &images,
+                seed: recipe.seed,
+            };
+            while trainer.step < recipe.vae_steps {
+                let r = trainer.train_step::<_, TextUNet<A::InnerBackend>, 2>(
+                    &mut source,
+                    None,
+                    device,
+                )?;
+                progress("vae", r.step + 1, recipe.vae_steps, r.loss);
+                vae_losses.push(r.loss);
+            }
+            let student = TextUNet {
+                text_encoder: text_config.init::<A>(device),
+                unet: unet_config.init::<A>(device),
+            };
+            (
+                trainer.student.valid(),
+                student,
+                vae_json,
+                unet_json,
+                text_json,
+            )
+        }
+    };
+
+    // 2. Latents of the 360 images and (for a new VAE) the scaling factor that gives them unit
+    //    variance.
     let n = images.labels.len();
     let side = images.side;
     let all = Tensor::<A::InnerBackend, 4>::from_data(
@@ -464,11 +537,13 @@ pub fn train_teacher<A: AutodiffBackend>(
         .convert::<f32>()
         .to_vec()
         .expect("f32");
-    let var = means.iter().map(|m| (*m as f64).powi(2)).sum::<f64>() / means.len() as f64;
-    let scaling = 1.0 / var.sqrt().max(1e-6);
-    vae.scaling_factor = scaling;
-    let (mut vae_json, unet_json, text_json) = (vae_json, unet_json, text_json);
-    vae_json["scaling_factor"] = serde_json::json!(scaling);
+    let mut vae_json = vae_json;
+    if recipe.resume_from.is_none() {
+        let var = means.iter().map(|m| (*m as f64).powi(2)).sum::<f64>() / means.len() as f64;
+        vae.scaling_factor = 1.0 / var.sqrt().max(1e-6);
+        vae_json["scaling_factor"] = serde_json::json!(vae.scaling_factor);
+    }
+    let scaling = vae.scaling_factor as f32;
     let [_, c, h, w] = posterior.mean.dims();
     let tokenizer = ClipTokenizer::sd15()?;
     let ids: Vec<f32> = images
@@ -487,18 +562,14 @@ pub fn train_teacher<A: AutodiffBackend>(
         .map(|id| id as f32)
         .collect();
     let latents = ShapeLatents {
-        means: means.iter().map(|m| m * scaling as f32).collect(),
-        stds: stds.iter().map(|s| s * scaling as f32).collect(),
+        means: means.iter().map(|m| m * scaling).collect(),
+        stds: stds.iter().map(|s| s * scaling).collect(),
         shape: [c, h, w],
         ids,
         empty,
     };
 
     // 3. Text encoder + UNet with the denoising objective (10% condition dropout).
-    let student = TextUNet {
-        text_encoder: text_config.init::<A>(device),
-        unet: unet_config.init::<A>(device),
-    };
     let schedule = NoiseSchedule::new(&SchedulerConfig::sd15());
     let mut trainer = Trainer::new(
         student,
@@ -517,7 +588,13 @@ pub fn train_teacher<A: AutodiffBackend>(
     )?;
     let mut source = LatentShapesSource {
         latents: &latents,
-        seed: recipe.seed ^ 0xC0DE,
+        seed: recipe.seed
+            ^ 0xC0DE
+            ^ if recipe.resume_from.is_some() {
+                0x5EC0_0D00
+            } else {
+                0
+            },
     };
     let mut unet_losses = Vec::new();
     let tail = |v: &[f64]| v.iter().rev().take(100).sum::<f64>() / v.len().clamp(1, 100) as f64;
@@ -639,5 +716,10 @@ pub fn save_pipeline<B: Backend>(
 
 /// The default place of the demo teacher in the repository.
 pub fn demo_teacher_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/demo-teacher")
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate_dir
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(crate_dir)
+        .join("assets/demo-teacher")
 }
