@@ -49,8 +49,14 @@ fn pipeline(name: &str, component: Option<&str>) -> PathBuf {
     root
 }
 
+/// `sample` with `extra` flags, on the tiny fixture pipeline unless `extra` names a `--model`
+/// (the corpus's files, a kohya LoRA among them, are made for that pipeline).
 fn args(extra: &[&str]) -> SampleArgs {
+    let tiny = fixtures().join("tiny-sd");
     let mut all = vec!["sample"];
+    if !extra.contains(&"--model") {
+        all.extend(["--model", tiny.to_str().unwrap()]);
+    }
     all.extend_from_slice(extra);
     SampleArgs::try_parse_from(all).unwrap()
 }
