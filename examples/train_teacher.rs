@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! cargo run --release --example train_teacher -- [--out assets/demo-teacher] [--vae-steps N]
-//!     [--unet-steps N] [--batch N] [--side PX] [--seed S] [--f32] [--snapshot-every N]
+//!     [--unet-steps N] [--batch N] [--side PX] [--vae-channels 16,32,64] [--unet-channels 64,128]
+//!     [--seed S] [--f32] [--snapshot-every N]
 //!     [--resume-from DIR]
 //! ```
 //!
@@ -40,6 +41,13 @@ struct Args {
     /// Image side in pixels.
     #[arg(long, default_value_t = TeacherRecipe::default().side)]
     side: u32,
+    /// VAE block_out_channels (one halving per extra entry; multiples of 16), e.g. 16,32 for
+    /// 16 x 16 latents at 32 px.
+    #[arg(long, value_delimiter = ',', default_values_t = TeacherRecipe::default().vae_channels)]
+    vae_channels: Vec<usize>,
+    /// UNet block_out_channels (multiples of 32).
+    #[arg(long, value_delimiter = ',', default_values_t = TeacherRecipe::default().unet_channels)]
+    unet_channels: Vec<usize>,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -65,6 +73,8 @@ fn main() -> anyhow::Result<()> {
         unet_steps: args.unet_steps,
         batch: args.batch,
         side: args.side,
+        vae_channels: args.vae_channels.clone(),
+        unet_channels: args.unet_channels.clone(),
         seed: args.seed,
         snapshot_every: args.snapshot_every,
         resume_from: args.resume_from.clone(),

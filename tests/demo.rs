@@ -159,3 +159,26 @@ fn a_tiny_teacher_recipe_trains_saves_and_loads_as_a_pipeline() {
     assert_eq!(resumed.configs.1, teacher.configs.1);
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn teacher_recipes_the_configs_cannot_build_are_named() {
+    let bad = [
+        TeacherRecipe {
+            vae_channels: vec![16, 24],
+            ..Default::default()
+        },
+        TeacherRecipe {
+            unet_channels: vec![],
+            ..Default::default()
+        },
+        TeacherRecipe {
+            side: 30,
+            ..Default::default()
+        },
+    ];
+    for (recipe, word) in bad.iter().zip(["vae_channels", "unet_channels", "side"]) {
+        let message = recipe.check().unwrap_err().to_string();
+        assert!(message.contains(word), "{message}");
+    }
+    TeacherRecipe::default().check().unwrap();
+}

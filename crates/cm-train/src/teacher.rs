@@ -314,6 +314,45 @@ impl Default for TeacherRecipe {
     }
 }
 
+impl TeacherRecipe {
+    /// Refuses architectures the configs cannot build, naming the field.
+    pub fn check(&self) -> Result<()> {
+        let bad = |m: String| Err(TrainError::Invalid(format!("teacher recipe: {m}")));
+        if self.vae_channels.is_empty()
+            || self
+                .vae_channels
+                .iter()
+                .any(|c| *c == 0 || !c.is_multiple_of(16))
+        {
+            return bad(format!("vae_channels {:?}: each must be a positive multiple of 16 (GroupNorm with 16 groups)", self.vae_channels));
+        }
+        if self.unet_channels.is_empty()
+            || self
+                .unet_channels
+                .iter()
+                .any(|c| *c == 0 || !c.is_multiple_of(32))
+        {
+            return bad(format!("unet_channels {:?}: each must be a positive multiple of 32 (GroupNorm with 32 groups)", self.unet_channels));
+        }
+        let vae_factor = 1usize << (self.vae_channels.len() - 1);
+        let unet_factor = 1usize << (self.unet_channels.len() - 1);
+        if self.side == 0 || !(self.side as usize).is_multiple_of(vae_factor * unet_factor) {
+            return bad(format!(
+                "side {} must be a multiple of {} (VAE factor {vae_factor} x UNet factor {unet_factor})",
+                self.side,
+                vae_factor * unet_factor
+            ));
+        }
+        if self.batch == 0 || self.text_width == 0 || !self.text_width.is_multiple_of(4) {
+            return bad(format!(
+                "batch {} and text_width {} must be positive, text_width a multiple of 4 heads",
+                self.batch, self.text_width
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn json_config<C: JsonConfig>(value: &serde_json::Value, name: &str) -> Result<C> {
     C::from_json_str_at(&value.to_string(), Path::new(name)).map_err(Into::into)
 }
@@ -426,6 +465,9 @@ pub fn train_teacher<A: AutodiffBackend>(
     progress: &mut dyn FnMut(&str, u64, u64, f64),
     snapshot: &mut dyn FnMut(&TrainedTeacher<A::InnerBackend>) -> Result<()>,
 ) -> Result<TrainedTeacher<A::InnerBackend>> {
+    if recipe.resume_from.is_none() {
+        recipe.check()?;
+    }
     let images = ShapeImages::render(recipe.side);
     A::seed(device, recipe.seed);
     let mut vae_losses = Vec::new();
