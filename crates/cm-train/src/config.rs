@@ -261,8 +261,8 @@ impl Default for TrainConfig {
             devices: 1,
             seed: 0,
             lr: 1e-3,
-            warmup_steps: 0,
-            lr_decay: LrDecay::Constant,
+            warmup_steps: 20,
+            lr_decay: LrDecay::Cosine,
             adamw: AdamWSettings::default(),
             max_grad_norm: Some(1.0),
         }
