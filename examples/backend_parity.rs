@@ -90,7 +90,7 @@ struct Args {
     unet: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+pub fn main() -> anyhow::Result<()> {
     let args = <Args as clap::Parser>::parse();
     backend::guard_device(|| run(args.unet))
 }

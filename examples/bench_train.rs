@@ -22,6 +22,7 @@ use consistency_models::backend::{self, Backend};
 use consistency_models::lora::{inject, LoraConfig, TargetSelector, LCM_LORA_TARGETS};
 use consistency_models::models::config_json::JsonConfig;
 use consistency_models::models::unet::{UNet2DConditionModel, UNetConfig};
+use consistency_models::peak_memory::PeakMemory;
 use consistency_models::schedulers::config::{PredictionType, SchedulerConfig};
 use consistency_models::train::config::{Method, RunConfig};
 use consistency_models::train::draws::{generator, normals};
@@ -50,6 +51,9 @@ struct Args {
     /// Timed steps per row (after one warm-up step).
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Rows to run: `checkpointing`, `plain` or both (default both).
+    #[arg(long, value_delimiter = ',', default_values_t = ["checkpointing".to_string(), "plain".to_string()])]
+    rows: Vec<String>,
 }
 
 /// Random latents and text embeddings.
@@ -79,27 +83,16 @@ impl<B: burn::tensor::backend::Backend> BatchSource<B, 3> for Random {
     }
 }
 
-/// Peak resident set size since the last reset (Linux `VmHWM`).
-fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
-}
-
-fn reset_peak_rss() {
-    // "5" resets the high-water mark to the current RSS (proc(5), clear_refs).
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
 fn row<A: AutodiffBackend<InnerBackend = Backend>>(
     args: &Args,
     config: &UNetConfig,
     label: &str,
+    memory: &PeakMemory,
 ) -> anyhow::Result<()> {
     // The autodiff backend's device is its inner backend's (the default device of `backend`).
     let device: A::Device = Default::default();
     A::seed(&device, 0);
-    reset_peak_rss();
+    memory.reset::<Backend>(&backend::device());
     let base = config.init::<Backend>(&backend::device());
     let mut student = UNet2DConditionModel::<A>::from_inner(base.clone());
     inject(
@@ -145,7 +138,7 @@ fn row<A: AutodiffBackend<InnerBackend = Backend>>(
         args.latent,
         args.latent,
         args.batch,
-        peak_rss().map_or("-".into(), human)
+        memory.peak_bytes().map_or("-".into(), human)
     );
     let _ = trainer.student.valid();
     Ok(())
@@ -157,7 +150,7 @@ fn cm_schedulers_schedule(
     consistency_models::schedulers::schedule::NoiseSchedule::new(config)
 }
 
-fn main() -> anyhow::Result<()> {
+pub fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dir = args
         .unet
@@ -172,9 +165,23 @@ fn main() -> anyhow::Result<()> {
             args.rank,
             args.runs
         );
+        let memory = PeakMemory::start();
+        println!("peak memory: {}", memory.describe());
         println!("| row | latents x batch | median (s) | peak memory |\n|---|---|---|---|");
-        row::<Autodiff<Backend, BalancedCheckpointing>>(&args, &config, "checkpointing")?;
-        row::<Autodiff<Backend>>(&args, &config, "no checkpointing")?;
+        for name in &args.rows {
+            match name.as_str() {
+                "checkpointing" => row::<Autodiff<Backend, BalancedCheckpointing>>(
+                    &args,
+                    &config,
+                    "checkpointing",
+                    &memory,
+                )?,
+                "plain" => row::<Autodiff<Backend>>(&args, &config, "no checkpointing", &memory)?,
+                other => {
+                    anyhow::bail!("--rows: unknown row `{other}`; expected checkpointing or plain")
+                }
+            }
+        }
         Ok(())
     })
 }

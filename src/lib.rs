@@ -25,4 +25,5 @@ pub use cm_train as train;
 
 pub mod backend;
 pub mod cli;
+pub mod peak_memory;
 pub mod sample_cli;
