@@ -61,6 +61,10 @@ struct Args {
     /// UNet train --unet-steps more steps).
     #[arg(long, value_name = "DIR")]
     resume_from: Option<PathBuf>,
+    /// Take the VAE from this pipeline folder (no VAE phase) and train a new text encoder and
+    /// UNet (--unet-channels, --unet-steps) on its latents.
+    #[arg(long, value_name = "DIR", conflicts_with = "resume_from")]
+    vae_from: Option<PathBuf>,
     /// Progress line every N steps.
     #[arg(long, default_value_t = 50)]
     log_every: u64,
@@ -78,6 +82,7 @@ fn main() -> anyhow::Result<()> {
         seed: args.seed,
         snapshot_every: args.snapshot_every,
         resume_from: args.resume_from.clone(),
+        vae_from: args.vae_from.clone(),
         ..Default::default()
     };
     let out = args.out.clone().unwrap_or_else(demo_teacher_dir);

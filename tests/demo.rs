@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use burn::tensor::Tensor;
 use clap::Parser;
 use consistency_models::backend::{AutodiffBackend, Backend};
 use consistency_models::cli::{default_teacher, TrainArgs};
@@ -157,6 +158,59 @@ fn a_tiny_teacher_recipe_trains_saves_and_loads_as_a_pipeline() {
     .unwrap();
     assert_eq!(resumed.vae.scaling_factor, sd.vae.scaling_factor);
     assert_eq!(resumed.configs.1, teacher.configs.1);
+
+    // A new UNet on the folder's VAE: no VAE phase, the VAE's weights and scaling factor as saved,
+    // the UNet of the new recipe (one level deeper here).
+    let fresh = train_teacher::<AutodiffBackend>(
+        &TeacherRecipe {
+            unet_channels: vec![32, 32, 64],
+            vae_channels: vec![16],
+            unet_steps: 1,
+            snapshot_every: 0,
+            vae_from: Some(out.clone()),
+            ..recipe.clone()
+        },
+        &Default::default(),
+        &mut |phase, _, _, _| assert_eq!(phase, "unet", "no VAE phase with vae_from"),
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    assert_eq!(fresh.vae.scaling_factor, sd.vae.scaling_factor);
+    assert_eq!(
+        fresh.configs.0["block_out_channels"],
+        serde_json::json!([16, 16])
+    );
+    assert_eq!(
+        fresh.configs.1["block_out_channels"],
+        serde_json::json!([32, 32, 64])
+    );
+    assert_eq!(fresh.configs.1["sample_size"], serde_json::json!(8));
+    let probe = Tensor::<Backend, 4>::ones([1, 4, 8, 8], &Default::default());
+    let same = fresh.vae.decode(probe.clone()) - sd.vae.decode(probe);
+    assert!(
+        same.abs().max().into_scalar() < 1e-6,
+        "the VAE is the folder's"
+    );
+    // A VAE whose latents the UNet cannot halve enough is refused, naming the folder.
+    let refused = train_teacher::<AutodiffBackend>(
+        &TeacherRecipe {
+            unet_channels: vec![32, 32, 32, 32, 32],
+            vae_channels: vec![16],
+            vae_from: Some(out.clone()),
+            ..recipe.clone()
+        },
+        &Default::default(),
+        &mut |_, _, _, _| {},
+        &mut |_| Ok(()),
+    );
+    let message = refused
+        .err()
+        .expect("8x8 latents cannot be halved 4 times")
+        .to_string();
+    assert!(
+        message.contains("--vae-from") && message.contains("halvings"),
+        "{message}"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }
 

@@ -292,6 +292,10 @@ pub struct TeacherRecipe {
     /// and UNet `unet_steps` more steps (a fresh warm-up and cosine decay); the architecture
     /// fields above are then ignored (the folder's configs rule).
     pub resume_from: Option<PathBuf>,
+    /// Take the VAE (weights, config and scaling factor) from this pipeline folder instead of
+    /// training one, and train a new text encoder and UNet of the fields above on its latents
+    /// (`vae_channels` and `vae_steps` are then ignored). Ignored with `resume_from`.
+    pub vae_from: Option<PathBuf>,
 }
 
 impl Default for TeacherRecipe {
@@ -310,6 +314,7 @@ impl Default for TeacherRecipe {
             seed: 0,
             snapshot_every: 500,
             resume_from: None,
+            vae_from: None,
         }
     }
 }
@@ -515,45 +520,75 @@ pub fn train_teacher<A: AutodiffBackend>(
             let vae_config: VaeConfig = json_config(&vae_json, "vae/config.json")?;
             let unet_config: UNetConfig = json_config(&unet_json, "unet/config.json")?;
             let text_config: ClipTextConfig = json_config(&text_json, "text_encoder/config.json")?;
-
-            // 1. The VAE (initial values from the backend RNG, seeded by the recipe).
-            let vae: AutoencoderKL<A> = vae_config.init::<A>(device);
-            let mut trainer = Trainer::new(
-                vae,
-                settings(
-                    recipe.vae_steps,
-                    recipe.batch,
-                    recipe.lr.0,
-                    recipe.seed,
-                    1000,
-                    0.0,
-                ),
-                VaeObjective { kl_weight: 1e-4 },
-            )?;
-            let mut source = ImageSource {
-                images: &images,
-                seed: recipe.seed,
-            };
-            while trainer.step < recipe.vae_steps {
-                let r = trainer.train_step::<_, TextUNet<A::InnerBackend>, 2>(
-                    &mut source,
-                    None,
-                    device,
-                )?;
-                progress("vae", r.step + 1, recipe.vae_steps, r.loss);
-                vae_losses.push(r.loss);
-            }
-            let student = TextUNet {
+            let student = || TextUNet {
                 text_encoder: text_config.init::<A>(device),
                 unet: unet_config.init::<A>(device),
             };
-            (
-                trainer.student.valid(),
-                student,
-                vae_json,
-                unet_json,
-                text_json,
-            )
+            if let Some(dir) = &recipe.vae_from {
+                // 1''. A trained VAE from another pipeline folder; the UNet's sample_size follows it.
+                let (vae, config, _) = AutoencoderKL::<A::InnerBackend>::from_folder(
+                    dir.join("vae"),
+                    WeightVariant::Auto,
+                    DType::F32,
+                    device,
+                )
+                .map_err(|e| TrainError::Invalid(format!("--vae-from {}: {e}", dir.display())))?;
+                let unet_factor = 1usize << (recipe.unet_channels.len() - 1);
+                let latent_side = recipe.side as usize / config.downsampling_factor();
+                if !(recipe.side as usize).is_multiple_of(config.downsampling_factor())
+                    || !latent_side.is_multiple_of(unet_factor)
+                {
+                    return Err(TrainError::Invalid(format!(
+                        "--vae-from {}: its VAE makes {latent_side} x {latent_side} latents of {} px \
+                         images, which the UNet's {} halvings cannot divide",
+                        dir.display(),
+                        recipe.side,
+                        recipe.unet_channels.len() - 1
+                    )));
+                }
+                let mut vae_json = read_json(dir, "vae/config.json")?;
+                if let Some(map) = vae_json.as_object_mut() {
+                    map.remove("torch_dtype");
+                }
+                let mut unet_json = unet_json;
+                unet_json["sample_size"] = serde_json::json!(latent_side);
+                (vae, student(), vae_json, unet_json, text_json)
+            } else {
+                // 1. The VAE (initial values from the backend RNG, seeded by the recipe).
+                let vae: AutoencoderKL<A> = vae_config.init::<A>(device);
+                let mut trainer = Trainer::new(
+                    vae,
+                    settings(
+                        recipe.vae_steps,
+                        recipe.batch,
+                        recipe.lr.0,
+                        recipe.seed,
+                        1000,
+                        0.0,
+                    ),
+                    VaeObjective { kl_weight: 1e-4 },
+                )?;
+                let mut source = ImageSource {
+                    images: &images,
+                    seed: recipe.seed,
+                };
+                while trainer.step < recipe.vae_steps {
+                    let r = trainer.train_step::<_, TextUNet<A::InnerBackend>, 2>(
+                        &mut source,
+                        None,
+                        device,
+                    )?;
+                    progress("vae", r.step + 1, recipe.vae_steps, r.loss);
+                    vae_losses.push(r.loss);
+                }
+                (
+                    trainer.student.valid(),
+                    student(),
+                    vae_json,
+                    unet_json,
+                    text_json,
+                )
+            }
         }
     };
 
@@ -580,7 +615,7 @@ pub fn train_teacher<A: AutodiffBackend>(
         .to_vec()
         .expect("f32");
     let mut vae_json = vae_json;
-    if recipe.resume_from.is_none() {
+    if recipe.resume_from.is_none() && recipe.vae_from.is_none() {
         let var = means.iter().map(|m| (*m as f64).powi(2)).sum::<f64>() / means.len() as f64;
         vae.scaling_factor = 1.0 / var.sqrt().max(1e-6);
         vae_json["scaling_factor"] = serde_json::json!(vae.scaling_factor);
