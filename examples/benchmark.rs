@@ -112,6 +112,14 @@ fn main() -> anyhow::Result<()> {
             s.file.display()
         );
     }
+    if let Some(parent) = args.out.as_ref().and_then(|o| o.parent()) {
+        // Checked before minutes of sampling, not after.
+        if !parent.as_os_str().is_empty() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                anyhow::anyhow!("--out: cannot create the folder {}: {e}", parent.display())
+            })?;
+        }
+    }
     let teacher = args
         .teacher
         .clone()
