@@ -3,6 +3,7 @@
 
 use consistency_models::cli::{default_config_text, TrainArgs};
 use consistency_models::train::config::{Method, RunConfig};
+use consistency_models::train::trainer::TargetNetwork;
 
 #[test]
 fn committed_configs_equal_the_presets() {
@@ -72,6 +73,7 @@ fn the_sd15_config_reads_and_sets_the_lcm_recipe() {
     assert_eq!(config.train.lr, 1e-4);
     assert_eq!(config.data.resolution, Some(512));
     assert!(config.model.gradient_checkpointing);
+    assert_eq!(config.consistency.target, TargetNetwork::StopGrad);
     // Everything it does not name is the demo preset's.
     assert_eq!(
         config.model.lora_rank,
