@@ -342,8 +342,8 @@ fn default_method() -> Method {
 impl RunConfig {
     /// The defaults of `method` (the mission's SD1.5 recipe): CD distils a w = 7.5 teacher with
     /// LoRA rank 64 / alpha 64 on the 14 LCM targets, AdamW 1e-4, pseudo-Huber c = 0.001;
-    /// multi-boundary uses K = 4 segments; CT has no teacher (w = 1); CD trains against an EMA
-    /// target (decay 0.95).
+    /// multi-boundary uses K = 4 segments; CT has no teacher (w = 1); CD and multi-boundary train
+    /// against an EMA target (decay 0.95).
     pub fn preset(method: Method) -> Self {
         let mut config = Self {
             method,
@@ -355,15 +355,15 @@ impl RunConfig {
         };
         config.output.dir = PathBuf::from("out").join(method.name());
         match method {
-            // LCM's target network: an EMA (0.95) of the student. On the demo teacher it drew CD
-            // at 4 steps 41.5% fully right against 37.0% with the stop-grad target (same run
-            // otherwise; docs/benchmarks.md). Multi-boundary and CT keep the stop-grad target
-            // until measured.
+            // LCM's target network: an EMA (0.95) of the student. On the demo teacher at 4 steps
+            // it drew CD 41.5% fully right against 37.0% with the stop-grad target, multi-boundary
+            // 41.5% against 34.0% (same runs otherwise; docs/benchmarks.md). CT keeps stop-grad.
             Method::Cd => config.consistency.target = TargetNetwork::Ema { decay: 0.95 },
             Method::Multiboundary => {
                 // The sampler visits 999, 759, 499, 259: on the 50-step grid, not the 10-step one.
                 config.consistency.segments = 4;
                 config.consistency.solver_steps = 50;
+                config.consistency.target = TargetNetwork::Ema { decay: 0.95 };
             }
             Method::Ct => config.consistency.guidance = GuidanceDraw::Fixed(1.0),
         }
