@@ -18,7 +18,7 @@ use burn::tensor::backend::Backend;
 /// Peak-memory probe for benchmark rows.
 pub struct PeakMemory {
     gpu_peak_mib: Option<Arc<AtomicU64>>,
-    _reader: Option<std::process::Child>,
+    reader: Option<std::process::Child>,
 }
 
 impl PeakMemory {
@@ -29,13 +29,13 @@ impl PeakMemory {
             if let Some((child, peak)) = spawn_nvidia_smi() {
                 return Self {
                     gpu_peak_mib: Some(peak),
-                    _reader: Some(child),
+                    reader: Some(child),
                 };
             }
         }
         Self {
             gpu_peak_mib: None,
-            _reader: None,
+            reader: None,
         }
     }
 
@@ -83,7 +83,7 @@ impl PeakMemory {
 
 impl Drop for PeakMemory {
     fn drop(&mut self) {
-        if let Some(child) = &mut self._reader {
+        if let Some(child) = &mut self.reader {
             let _ = child.kill();
             let _ = child.wait();
         }
