@@ -109,7 +109,7 @@ impl<B: Backend> Attention<B> {
         let residual = x.clone();
         // 1. GroupNorm on the spatial map (applied before flattening, as diffusers does).
         let h = match &self.group_norm {
-            Some(norm) => norm.forward(x),
+            Some(norm) => super::group_norm(norm, x),
             None => x,
         };
         // 2. [b, c, h, w] -> [b, h*w, c], attend, back.

@@ -4,12 +4,14 @@
 
 mod attention;
 mod embeddings;
+mod group_norm;
 mod resnet;
 mod sampling;
 mod transformer_2d;
 
 pub use attention::{Attention, AttentionConfig};
 pub use embeddings::{timestep_embedding, TimestepEmbedding, TimestepEmbeddingConfig};
+pub use group_norm::group_norm;
 pub use resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 pub use sampling::{Downsample2D, Upsample2D};
 pub use transformer_2d::{

@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use cm_lora::{LoraConv2d, LoraLinear};
 
-use super::conv2d;
+use super::{conv2d, group_norm};
 
 /// Hyper-parameters of one [`ResnetBlock2D`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -75,7 +75,7 @@ impl<B: Backend> ResnetBlock2D<B> {
     /// `x`: `[batch, in, h, w]`, `temb`: `[batch, temb_channels]` -> `[batch, out, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>, temb: Option<Tensor<B, 2>>) -> Tensor<B, 4> {
         // 1. norm1 -> SiLU -> conv1
-        let mut h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let mut h = self.conv1.forward(silu(group_norm(&self.norm1, x.clone())));
         // 2. + time_emb_proj(SiLU(temb)) broadcast over space
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let t = proj.forward(silu(temb));
@@ -83,7 +83,7 @@ impl<B: Backend> ResnetBlock2D<B> {
             h = h + t.reshape([b, c, 1, 1]);
         }
         // 3. norm2 -> SiLU -> (dropout: identity at inference) -> conv2
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = self.conv2.forward(silu(group_norm(&self.norm2, h)));
         // 4. skip path, sum, scale
         let skip = match &self.conv_shortcut {
             Some(conv) => conv.forward(x),

@@ -13,7 +13,7 @@ use burn::tensor::Tensor;
 use cm_lora::{LoraConv2d, LoraLinear};
 
 use super::attention::{Attention, AttentionConfig};
-use super::conv2d;
+use super::{conv2d, group_norm};
 
 /// `GEGLU`: `proj` to twice the width, then `hidden * gelu(gate)`.
 #[derive(Module, Debug)]
@@ -195,7 +195,7 @@ impl<B: Backend> Transformer2DModel<B> {
         let [batch, channels, height, width] = x.dims();
         let residual = x.clone();
         // 1. GroupNorm.
-        let h = self.norm.forward(x);
+        let h = group_norm(&self.norm, x);
         // 2. proj_in and flatten to tokens [batch, h*w, inner].
         let tokens = |t: Tensor<B, 4>| {
             let c = t.dims()[1];

@@ -11,7 +11,9 @@ use cm_lora::LoraConv2d;
 use super::blocks::{BlockSettings, DownBlock, DownBlockSpec, MidBlock, UpBlock, UpBlockSpec};
 use super::config::UNetConfig;
 use crate::error::{ModelError, Result};
-use crate::nn::{conv2d, timestep_embedding, TimestepEmbedding, TimestepEmbeddingConfig};
+use crate::nn::{
+    conv2d, group_norm, timestep_embedding, TimestepEmbedding, TimestepEmbeddingConfig,
+};
 
 /// `UNet2DConditionModel`.
 #[derive(Module, Debug)]
@@ -206,7 +208,9 @@ impl<B: Backend> UNet2DConditionModel<B> {
             );
         }
         // 6. Post-process.
-        Ok(self.conv_out.forward(silu(self.conv_norm_out.forward(h))))
+        Ok(self
+            .conv_out
+            .forward(silu(group_norm(&self.conv_norm_out, h))))
     }
 
     fn check_inputs(

@@ -11,8 +11,8 @@ use cm_lora::LoraConv2d;
 use super::config::VaeConfig;
 use crate::error::{ModelError, Result};
 use crate::nn::{
-    conv2d, Attention, AttentionConfig, Downsample2D, ResnetBlock2D, ResnetBlock2DConfig,
-    Upsample2D,
+    conv2d, group_norm, Attention, AttentionConfig, Downsample2D, ResnetBlock2D,
+    ResnetBlock2DConfig, Upsample2D,
 };
 
 /// `DownEncoderBlock2D`: resnets, then an optional (right/bottom padded) down-sampler.
@@ -273,7 +273,8 @@ impl<B: Backend> Encoder<B> {
             }
         }
         h = self.mid_block.forward(h);
-        self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
+        self.conv_out
+            .forward(silu(group_norm(&self.conv_norm_out, h)))
     }
 }
 
@@ -291,7 +292,8 @@ impl<B: Backend> Decoder<B> {
                 h = up.forward(h, None);
             }
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
+        self.conv_out
+            .forward(silu(group_norm(&self.conv_norm_out, h)))
     }
 }
 
