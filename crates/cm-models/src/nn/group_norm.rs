@@ -33,8 +33,9 @@ pub fn group_norm<B: Backend>(norm: &GroupNorm<B>, x: Tensor<B, 4>) -> Tensor<B,
     let mean = grouped.clone().mean_dim(2);
     let centered = grouped - mean;
     let var = centered.clone().square().mean_dim(2);
-    let inv_std = var.add_scalar(norm.epsilon).sqrt().recip(); // [batch, groups, 1]
-                                                               // 2. Per-(sample, channel) scale gamma / std and shift beta: [batch * channels, 1].
+    // 1 / std: [batch, groups, 1].
+    let inv_std = var.add_scalar(norm.epsilon).sqrt().recip();
+    // 2. Per-(sample, channel) scale gamma / std and shift beta: [batch * channels, 1].
     let rows = batch * channels;
     let centered = centered.reshape([rows, height * width]);
     let (scale, shift) = match (&norm.gamma, &norm.beta) {
@@ -46,9 +47,7 @@ pub fn group_norm<B: Backend>(norm: &GroupNorm<B>, x: Tensor<B, 4>) -> Tensor<B,
             (scale, Some(shift))
         }
         _ => {
-            let scale = inv_std
-                .reshape([batch, groups, 1])
-                .expand([batch, groups, per_group]);
+            let scale = inv_std.expand([batch, groups, per_group]);
             (scale.reshape([rows, 1]), None)
         }
     };
