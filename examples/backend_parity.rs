@@ -91,6 +91,7 @@ struct Args {
 }
 
 pub fn main() -> anyhow::Result<()> {
+    consistency_models::allocator::keep_freed_memory();
     let args = <Args as clap::Parser>::parse();
     backend::guard_device(|| run(args.unet))
 }

@@ -28,6 +28,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    consistency_models::allocator::keep_freed_memory();
     let args = <Args as clap::Parser>::parse();
     let count = args.images as usize;
     let dir = args

@@ -251,6 +251,7 @@ fn run_all<B: Backend>(args: &Args, rows: &[String]) -> anyhow::Result<()> {
 }
 
 pub fn main() -> anyhow::Result<()> {
+    consistency_models::allocator::keep_freed_memory();
     let args = <Args as clap::Parser>::parse();
     let rows: Vec<String> = if args.rows.is_empty() {
         ALL_ROWS

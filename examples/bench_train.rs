@@ -151,6 +151,7 @@ fn cm_schedulers_schedule(
 }
 
 pub fn main() -> anyhow::Result<()> {
+    consistency_models::allocator::keep_freed_memory();
     let args = Args::parse();
     let dir = args
         .unet

@@ -99,6 +99,7 @@ fn parse_student(spec: &str) -> anyhow::Result<Student> {
 }
 
 fn main() -> anyhow::Result<()> {
+    consistency_models::allocator::keep_freed_memory();
     let args = Args::parse();
     let students = args
         .student

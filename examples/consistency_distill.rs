@@ -14,5 +14,6 @@
 //! --scheduler lcm --steps 4 --guidance 1`. GPU: add `--features cuda`.
 
 fn main() -> anyhow::Result<()> {
+    consistency_models::allocator::keep_freed_memory();
     consistency_models::cli::train_main(consistency_models::train::config::Method::Cd)
 }

@@ -9,5 +9,6 @@
 //! out/pytorch_lora_weights.safetensors --scheduler lcm --steps 4 --guidance 1`.
 
 fn main() -> anyhow::Result<()> {
+    consistency_models::allocator::keep_freed_memory();
     consistency_models::cli::train_main(consistency_models::train::config::Method::Ct)
 }

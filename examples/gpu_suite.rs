@@ -16,6 +16,7 @@ mod bench_models;
 mod bench_train;
 
 fn main() -> anyhow::Result<()> {
+    consistency_models::allocator::keep_freed_memory();
     let called_as = std::env::args()
         .next()
         .map(|a| {

@@ -11,5 +11,6 @@
 //! --guidance 1`.
 
 fn main() -> anyhow::Result<()> {
+    consistency_models::allocator::keep_freed_memory();
     consistency_models::cli::train_main(consistency_models::train::config::Method::Multiboundary)
 }

@@ -42,6 +42,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    consistency_models::allocator::keep_freed_memory();
     let args = Args::parse();
     let budget = OracleBudget {
         pretrain_steps: args.pretrain,

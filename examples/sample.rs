@@ -13,5 +13,6 @@
 //! guidance embedding (`--unet out/unet`) take the guidance as input (`--guidance 7.5`).
 
 fn main() -> anyhow::Result<()> {
+    consistency_models::allocator::keep_freed_memory();
     consistency_models::sample_cli::sample_main()
 }

@@ -71,6 +71,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    consistency_models::allocator::keep_freed_memory();
     let args = Args::parse();
     let recipe = TeacherRecipe {
         vae_steps: args.vae_steps,

@@ -3,7 +3,8 @@
 //! Few-step image generation in Rust on [Burn](https://burn.dev): Stable Diffusion 1.5 ported to
 //! Burn and distilled into consistency models that draw an image in 1-4 steps.
 //!
-//! This crate re-exports the workspace crates and picks the backend for the example binaries:
+//! This crate re-exports the workspace crates, picks the backend for the example binaries and tunes
+//! glibc `malloc` for them ([`allocator`]):
 //!
 //! | crate | what it holds |
 //! |---|---|
@@ -23,6 +24,7 @@ pub use cm_models as models;
 pub use cm_schedulers as schedulers;
 pub use cm_train as train;
 
+pub mod allocator;
 pub mod backend;
 pub mod cli;
 pub mod peak_memory;
