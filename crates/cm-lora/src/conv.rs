@@ -8,6 +8,7 @@ use burn::tensor::Tensor;
 
 use crate::adapter::{add_updates, AdaptableLayer, AdapterMeta, AdapterUpdate, LayerInfo};
 use crate::factors::{factor_tensor, fold_into, keep_f32};
+use crate::shifted_conv::conv2d_forward;
 use crate::{Geometry, LayerFactors, LoraConfig};
 
 /// The factors of one adapter on a [`LoraConv2d`] (kohya / peft layout).
@@ -24,7 +25,10 @@ pub struct ConvAdapter<B: Backend> {
 
 impl<B: Backend> AdapterUpdate<B, 4> for ConvAdapter<B> {
     fn update(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.up.forward(self.down.forward(self.dropout.forward(x)))
+        conv2d_forward(
+            &self.up,
+            conv2d_forward(&self.down, self.dropout.forward(x)),
+        )
     }
 }
 
@@ -63,7 +67,12 @@ impl<B: Backend> LoraConv2d<B> {
     /// # Shapes
     /// `[batch, in, h, w]` -> `[batch, out, h', w']`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        add_updates(self.base.forward(x.clone()), x, &self.adapters, &self.metas)
+        add_updates(
+            conv2d_forward(&self.base, x.clone()),
+            x,
+            &self.adapters,
+            &self.metas,
+        )
     }
 
     fn geometry(&self) -> Geometry {

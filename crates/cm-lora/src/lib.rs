@@ -26,6 +26,7 @@ mod linear;
 mod module_impl;
 mod ops;
 mod session;
+pub mod shifted_conv;
 mod targets;
 mod weights;
 

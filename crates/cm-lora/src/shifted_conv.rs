@@ -1,0 +1,253 @@
+//! A stride-1 `Conv2d` forward as one matrix product per kernel tap, for Burn-flex.
+//!
+//! Burn-flex (Burn 0.21's CPU backend) runs a convolution as im2col + GEMM, and builds its inputs
+//! with scalar loops on every call: the kernel re-ordered to `[out, kh, kw, in]` (9 * out * in
+//! scattered moves for a 3x3 kernel, as many as the layer has weights), the input to NHWC, then the
+//! im2col tiles. A `perf` profile of the SD1.5 UNet forward (batch 1, 32 x 32 latents) spent 17%
+//! of its time in those loops, next to 38% in the GEMM itself.
+//!
+//! Here the same convolution is `sum_k W[:, :, ky, kx] @ shift_k(x)`: the input is zero-padded
+//! once (one extra row at the bottom), flattened to `[batch, in, Hp * Wp]`, and each tap
+//! `k = (ky, kx)` reads the contiguous window starting at `ky * Wp + kx`. Both operands are strided
+//! views (no copy: Burn-flex hands strides straight to `gemm`), the products are summed, and the
+//! result, computed on the padded width, is cropped to the output width. What is left of the
+//! re-layout work is the padding, the sum and the crop, all contiguous.
+//!
+//! It is exact (the same sums, in another order) and used only where it is measured faster (see
+//! [`prefer_shifted_matmuls`]); on other backends Burn's own convolution runs.
+
+use burn::nn::conv::Conv2d;
+use burn::nn::PaddingConfig2d;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::PadMode;
+use burn::tensor::Tensor;
+
+/// `conv2d(x, weight, bias)` with stride 1, dilation 1, one group and `padding` zero pixels on each
+/// side, as `kh * kw` matrix products of strided views.
+///
+/// # Shapes
+/// `x` `[batch, in, h, w]`, `weight` `[out, in, kh, kw]`, `bias` `[out]` -> `[batch, out,
+/// h + 2 padding - kh + 1, w + 2 padding - kw + 1]`.
+///
+/// # Panics
+/// If the channel counts disagree or the kernel is larger than the padded input.
+pub fn conv2d_shifted_matmuls<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    padding: [usize; 2],
+) -> Tensor<B, 4> {
+    let [batch, c_in, h, w] = x.dims();
+    let [c_out, w_in, kh, kw] = weight.dims();
+    assert_eq!(
+        c_in, w_in,
+        "conv2d: the input has {c_in} channels, the kernel expects {w_in}"
+    );
+    let [ph, pw] = padding;
+    let (hp, wp) = (h + 2 * ph, w + 2 * pw);
+    assert!(
+        kh <= hp && kw <= wp,
+        "conv2d: a {kh}x{kw} kernel does not fit a padded {hp}x{wp} input"
+    );
+    let (h_out, w_out) = (hp - kh + 1, wp - kw + 1);
+
+    // 1. Zero-pad (one extra bottom row, so every tap's window of `h_out * wp` fits) and flatten.
+    let rows = hp + 1;
+    let flat = x
+        .pad(
+            [(0, 0), (0, 0), (ph, ph + 1), (pw, pw)],
+            PadMode::Constant(0.0),
+        )
+        .reshape([batch, c_in, 1, rows * wp]);
+    // 2. The columns `[batch, in, kh * kw, h_out * wp]`: tap `(ky, kx)` is the window of the
+    //    flattened input starting at `ky * wp + kx` (strided views, copied once by the concat).
+    let len = h_out * wp;
+    let windows = (0..kh * kw)
+        .map(|k| {
+            let start = (k / kw) * wp + k % kw;
+            flat.clone()
+                .slice([0..batch, 0..c_in, 0..1, start..start + len])
+        })
+        .collect();
+    let columns = Tensor::cat(windows, 2).reshape([batch, c_in * kh * kw, len]);
+    // 3. One product with the kernel as it is stored (`[out, in * kh * kw]`, no re-ordering).
+    let mut out = weight.reshape([1, c_out, c_in * kh * kw]).matmul(columns);
+    if let Some(bias) = bias {
+        out = out + bias.reshape([1, c_out, 1]);
+    }
+    // 4. Crop the padded width (the reshape to 3-D copies the view into a contiguous tensor).
+    out.reshape([batch, c_out, h_out, wp])
+        .slice([0..batch, 0..c_out, 0..h_out, 0..w_out])
+        .reshape([batch, c_out, h_out * w_out])
+        .reshape([batch, c_out, h_out, w_out])
+}
+
+/// `conv.forward(x)`, through [`conv2d_shifted_matmuls`] for a batch of one image where
+/// [`prefer_shifted_matmuls`] says so and the padding is symmetric (Burn's `Conv2d` otherwise).
+/// Batch 1 only: Burn-flex re-orders the kernel once per call, so its cost per image falls with
+/// the batch, and at batch 2 (an SD1.5 CFG pair) both paths measured the same, at batch 16 (the
+/// demo teacher) Burn's faster.
+pub fn conv2d_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => Some([0, 0]),
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
+            Some([top, left])
+        }
+        _ => None,
+    };
+    match padding {
+        Some(padding)
+            if x.dims()[0] == 1
+                && prefer_shifted_matmuls::<B>(
+                    &x.device(),
+                    conv.kernel_size,
+                    conv.stride,
+                    conv.dilation,
+                    conv.groups,
+                ) =>
+        {
+            conv2d_shifted_matmuls(
+                x,
+                conv.weight.val(),
+                conv.bias.as_ref().map(|b| b.val()),
+                padding,
+            )
+        }
+        _ => conv.forward(x),
+    }
+}
+
+/// Whether [`conv2d_shifted_matmuls`] should replace Burn's convolution on backend `B`: on
+/// Burn-flex (the CPU backend) without autodiff (under autodiff the backward of the concat and
+/// the larger saved columns measured slower than Burn's convolution backward) for stride-1, dilation-1, ungrouped
+/// kernels larger than 1x1 (Burn-flex runs 1x1 kernels as a plain GEMM already), unless the
+/// environment variable `CM_CONV` is `burn`.
+pub fn prefer_shifted_matmuls<B: Backend>(
+    device: &B::Device,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    groups: usize,
+) -> bool {
+    kernel != [1, 1]
+        && !B::ad_enabled(device)
+        && stride == [1, 1]
+        && dilation == [1, 1]
+        && groups == 1
+        && B::name(device).contains("flex")
+        && !burns_convolution_forced()
+}
+
+/// `CM_CONV=burn` in the environment keeps Burn's convolution everywhere (read once).
+fn burns_convolution_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("CM_CONV").is_ok_and(|v| v == "burn"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use burn::tensor::{Distribution, Tolerance};
+
+    type B = burn_flex::Flex;
+
+    fn check(
+        batch: usize,
+        c_in: usize,
+        c_out: usize,
+        h: usize,
+        w: usize,
+        k: [usize; 2],
+        pad: [usize; 2],
+    ) {
+        let device = Default::default();
+        let x =
+            Tensor::<B, 4>::random([batch, c_in, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let weight = Tensor::<B, 4>::random(
+            [c_out, c_in, k[0], k[1]],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let bias = Tensor::<B, 1>::random([c_out], Distribution::Normal(0.0, 1.0), &device);
+        let expected = conv2d(
+            x.clone(),
+            weight.clone(),
+            Some(bias.clone()),
+            ConvOptions::new([1, 1], pad, [1, 1], 1),
+        );
+        let got = conv2d_shifted_matmuls(x, weight, Some(bias), pad);
+        assert_eq!(got.dims(), expected.dims());
+        got.into_data()
+            .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-4));
+    }
+
+    #[test]
+    fn gradients_equal_burns_convolution() {
+        type A = burn::backend::Autodiff<B>;
+        let device = Default::default();
+        let input = |shape: [usize; 4]| {
+            Tensor::<A, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device).require_grad()
+        };
+        let (x, weight) = (input([2, 3, 5, 6]), input([4, 3, 3, 3]));
+        let bias =
+            Tensor::<A, 1>::random([4], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        // An uneven loss, so that every output element gets its own weight.
+        let probe = Tensor::<A, 4>::random([2, 4, 5, 6], Distribution::Normal(0.0, 1.0), &device);
+        let loss = |y: Tensor<A, 4>| (y * probe.clone()).sum();
+        let ours = loss(conv2d_shifted_matmuls(
+            x.clone(),
+            weight.clone(),
+            Some(bias.clone()),
+            [1, 1],
+        ))
+        .backward();
+        let burns = loss(conv2d(
+            x.clone(),
+            weight.clone(),
+            Some(bias.clone()),
+            ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+        ))
+        .backward();
+        let tol = Tolerance::absolute(1e-4);
+        x.grad(&ours)
+            .unwrap()
+            .into_data()
+            .assert_approx_eq::<f32>(&x.grad(&burns).unwrap().into_data(), tol);
+        weight
+            .grad(&ours)
+            .unwrap()
+            .into_data()
+            .assert_approx_eq::<f32>(&weight.grad(&burns).unwrap().into_data(), tol);
+        bias.grad(&ours)
+            .unwrap()
+            .into_data()
+            .assert_approx_eq::<f32>(&bias.grad(&burns).unwrap().into_data(), tol);
+    }
+
+    #[test]
+    fn picked_on_flex_without_autodiff_for_stride_one_kernels_above_1x1() {
+        let device = Default::default();
+        let pick = |k, s, g| prefer_shifted_matmuls::<B>(&device, k, s, [1, 1], g);
+        assert!(pick([3, 3], [1, 1], 1));
+        assert!(!pick([1, 1], [1, 1], 1));
+        assert!(!pick([3, 3], [2, 2], 1));
+        assert!(!pick([3, 3], [1, 1], 2));
+        assert!(!prefer_shifted_matmuls::<burn::backend::Autodiff<B>>(
+            &device,
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            1
+        ));
+    }
+
+    #[test]
+    fn equals_burns_convolution() {
+        check(2, 5, 7, 6, 9, [3, 3], [1, 1]);
+        check(1, 3, 4, 4, 4, [3, 3], [0, 0]);
+        check(3, 2, 3, 5, 7, [3, 1], [1, 0]);
+        check(1, 4, 2, 1, 1, [3, 3], [1, 1]);
+    }
+}
