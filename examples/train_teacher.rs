@@ -125,11 +125,15 @@ fn main() -> anyhow::Result<()> {
             &mut snapshot,
         )?;
         save_pipeline(&teacher, &out, dtype, &tokenizer)?;
+        // The VAE phase only runs for a new VAE (not with --resume-from / --vae-from).
+        let vae = match (&args.resume_from, &args.vae_from) {
+            (Some(dir), _) | (_, Some(dir)) => format!("VAE from {}", dir.display()),
+            _ => format!("VAE {:.5}", teacher.final_losses.0),
+        };
         println!(
-            "wrote {} in {} (final losses: VAE {:.5}, UNet {:.5})",
+            "wrote {} in {} (final losses: {vae}, UNet {:.5})",
             out.display(),
             format_duration(start.elapsed().as_secs_f64()),
-            teacher.final_losses.0,
             teacher.final_losses.1
         );
         Ok(())
