@@ -9,8 +9,10 @@
 //!
 //! [`keep_freed_memory`] makes glibc keep and reuse what the process freed: blocks up to 32 MiB (the
 //! largest threshold glibc accepts) come from the heap, the heap is trimmed only when 1 GiB at its top
-//! is free, and it grows 256 MiB at a time (address space only: pages are touched when used). Peak
-//! RSS stays what the program needs at its peak (see `docs/benchmarks.md`).
+//! is free, and it grows 256 MiB at a time (address space only: pages are touched when used). The
+//! cost is memory: freed blocks stay in the heap and fragment it. Peak RSS measured unchanged on
+//! the UNet rows and the training steps, but 2.7 GiB instead of 1.1 GiB on the SD1.5 VAE decode at
+//! 512 px (`docs/benchmarks.md`).
 //!
 //! Set `CM_GLIBC_MALLOC_DEFAULTS=1` to keep glibc's defaults (and any `MALLOC_*_` environment
 //! variables you set yourself). This is process-wide, so the library crates never call it; every example binary does, first

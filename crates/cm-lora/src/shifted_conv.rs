@@ -86,7 +86,11 @@ pub fn conv2d_shifted_matmuls<B: Backend>(
 /// [`prefer_shifted_matmuls`] says so and the padding is symmetric (Burn's `Conv2d` otherwise).
 /// Batch 1 only: Burn-flex re-orders the kernel once per call, so its cost per image falls with
 /// the batch, and at batch 2 (an SD1.5 CFG pair) both paths measured the same, at batch 16 (the
-/// demo teacher) Burn's faster.
+/// demo teacher) Burn's faster. Small images only (`h * w <= 8 * out channels`): the kernel
+/// re-order this path saves grows with the channels, while its columns (`9 * in * h * (w + 2)`
+/// values, not tiled like Burn's im2col) grow with the image; the SD1.5 VAE decoder at 512 px
+/// (128-512 channels at up to 512 x 512) took 39.2 s and 5.9 GiB this way against 19.2 s and
+/// 1.4 GiB with Burn's.
 pub fn conv2d_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let padding = match conv.padding {
         PaddingConfig2d::Valid => Some([0, 0]),
@@ -98,6 +102,7 @@ pub fn conv2d_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B
     match padding {
         Some(padding)
             if x.dims()[0] == 1
+                && x.dims()[2] * x.dims()[3] <= 8 * conv.weight.lazy_shape().dims::<4>()[0]
                 && prefer_shifted_matmuls::<B>(
                     &x.device(),
                     conv.kernel_size,
