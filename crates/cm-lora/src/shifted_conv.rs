@@ -1,20 +1,23 @@
-//! A stride-1 `Conv2d` forward as one matrix product per kernel tap, for Burn-flex.
+//! A stride-1 `Conv2d` forward as one GEMM over shifted windows of the input, for Burn-flex.
 //!
 //! Burn-flex (Burn 0.21's CPU backend) runs a convolution as im2col + GEMM, and builds its inputs
 //! with scalar loops on every call: the kernel re-ordered to `[out, kh, kw, in]` (9 * out * in
 //! scattered moves for a 3x3 kernel, as many as the layer has weights), the input to NHWC, then the
 //! im2col tiles. A `perf` profile of the SD1.5 UNet forward (batch 1, 32 x 32 latents) spent 17%
-//! of its time in those loops, next to 38% in the GEMM itself.
+//! of its time in those loops, next to 47% in the GEMM itself.
 //!
-//! Here the same convolution is `sum_k W[:, :, ky, kx] @ shift_k(x)`: the input is zero-padded
-//! once (one extra row at the bottom), flattened to `[batch, in, Hp * Wp]`, and each tap
-//! `k = (ky, kx)` reads the contiguous window starting at `ky * Wp + kx`. Both operands are strided
-//! views (no copy: Burn-flex hands strides straight to `gemm`), the products are summed, and the
-//! result, computed on the padded width, is cropped to the output width. What is left of the
-//! re-layout work is the padding, the sum and the crop, all contiguous.
+//! Here the input is zero-padded once (one extra row at the bottom) and flattened to
+//! `[batch, in, 1, Hp * Wp]`; tap `k = (ky, kx)` of the kernel reads the window of `h_out * Wp`
+//! values starting at `ky * Wp + kx` (a strided view). Concatenating the windows along the third
+//! axis gives columns `[batch, in * kh * kw, h_out * Wp]` whose row order `(in, ky, kx)` is the
+//! kernel's own, so one GEMM with the kernel as stored (`[out, in * kh * kw]`, no re-order)
+//! computes the output on the padded width, which is then cropped. The copies left are the
+//! padding, the concatenation (row-wise, vectorised) and the crop.
 //!
-//! It is exact (the same sums, in another order) and used only where it is measured faster (see
-//! [`prefer_shifted_matmuls`]); on other backends Burn's own convolution runs.
+//! It is exact (the same sums, in another order) and used only where it measured faster (see
+//! [`conv2d_forward`] and [`prefer_shifted_windows`]); elsewhere Burn's own convolution runs.
+//! Measured and dropped: nine GEMMs, one per tap, summed without the concatenation (slower: a
+//! ninth of the depth per GEMM).
 
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
@@ -23,7 +26,7 @@ use burn::tensor::ops::PadMode;
 use burn::tensor::Tensor;
 
 /// `conv2d(x, weight, bias)` with stride 1, dilation 1, one group and `padding` zero pixels on each
-/// side, as `kh * kw` matrix products of strided views.
+/// side, as one GEMM over the concatenated shifted windows of the padded input (module docs).
 ///
 /// # Shapes
 /// `x` `[batch, in, h, w]`, `weight` `[out, in, kh, kw]`, `bias` `[out]` -> `[batch, out,
@@ -31,7 +34,7 @@ use burn::tensor::Tensor;
 ///
 /// # Panics
 /// If the channel counts disagree or the kernel is larger than the padded input.
-pub fn conv2d_shifted_matmuls<B: Backend>(
+pub fn conv2d_shifted_windows<B: Backend>(
     x: Tensor<B, 4>,
     weight: Tensor<B, 4>,
     bias: Option<Tensor<B, 1>>,
@@ -82,8 +85,8 @@ pub fn conv2d_shifted_matmuls<B: Backend>(
         .reshape([batch, c_out, h_out, w_out])
 }
 
-/// `conv.forward(x)`, through [`conv2d_shifted_matmuls`] for a batch of one image where
-/// [`prefer_shifted_matmuls`] says so and the padding is symmetric (Burn's `Conv2d` otherwise).
+/// `conv.forward(x)`, through [`conv2d_shifted_windows`] for a batch of one image where
+/// [`prefer_shifted_windows`] says so and the padding is symmetric (Burn's `Conv2d` otherwise).
 /// Batch 1 only: Burn-flex re-orders the kernel once per call, so its cost per image falls with
 /// the batch, and at batch 2 (an SD1.5 CFG pair) both paths measured the same, at batch 16 (the
 /// demo teacher) Burn's faster. Small images only (`h * w <= 8 * out channels`): the kernel
@@ -99,11 +102,13 @@ pub fn conv2d_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B
         }
         _ => None,
     };
+    let [batch, _, h, w] = x.dims();
+    let c_out = conv.weight.lazy_shape().dims::<4>()[0];
     match padding {
         Some(padding)
-            if x.dims()[0] == 1
-                && x.dims()[2] * x.dims()[3] <= 8 * conv.weight.lazy_shape().dims::<4>()[0]
-                && prefer_shifted_matmuls::<B>(
+            if batch == 1
+                && h * w <= 8 * c_out
+                && prefer_shifted_windows::<B>(
                     &x.device(),
                     conv.kernel_size,
                     conv.stride,
@@ -111,7 +116,7 @@ pub fn conv2d_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B
                     conv.groups,
                 ) =>
         {
-            conv2d_shifted_matmuls(
+            conv2d_shifted_windows(
                 x,
                 conv.weight.val(),
                 conv.bias.as_ref().map(|b| b.val()),
@@ -122,12 +127,12 @@ pub fn conv2d_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B
     }
 }
 
-/// Whether [`conv2d_shifted_matmuls`] should replace Burn's convolution on backend `B`: on
+/// Whether [`conv2d_shifted_windows`] should replace Burn's convolution on backend `B`: on
 /// Burn-flex (the CPU backend) without autodiff (under autodiff the backward of the concat and
 /// the larger saved columns measured slower than Burn's convolution backward) for stride-1, dilation-1, ungrouped
 /// kernels larger than 1x1 (Burn-flex runs 1x1 kernels as a plain GEMM already), unless the
 /// environment variable `CM_CONV` is `burn`.
-pub fn prefer_shifted_matmuls<B: Backend>(
+pub fn prefer_shifted_windows<B: Backend>(
     device: &B::Device,
     kernel: [usize; 2],
     stride: [usize; 2],
@@ -182,7 +187,7 @@ mod tests {
             Some(bias.clone()),
             ConvOptions::new([1, 1], pad, [1, 1], 1),
         );
-        let got = conv2d_shifted_matmuls(x, weight, Some(bias), pad);
+        let got = conv2d_shifted_windows(x, weight, Some(bias), pad);
         assert_eq!(got.dims(), expected.dims());
         got.into_data()
             .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-4));
@@ -201,7 +206,7 @@ mod tests {
         // An uneven loss, so that every output element gets its own weight.
         let probe = Tensor::<A, 4>::random([2, 4, 5, 6], Distribution::Normal(0.0, 1.0), &device);
         let loss = |y: Tensor<A, 4>| (y * probe.clone()).sum();
-        let ours = loss(conv2d_shifted_matmuls(
+        let ours = loss(conv2d_shifted_windows(
             x.clone(),
             weight.clone(),
             Some(bias.clone()),
@@ -234,12 +239,12 @@ mod tests {
     #[test]
     fn picked_on_flex_without_autodiff_for_stride_one_kernels_above_1x1() {
         let device = Default::default();
-        let pick = |k, s, g| prefer_shifted_matmuls::<B>(&device, k, s, [1, 1], g);
+        let pick = |k, s, g| prefer_shifted_windows::<B>(&device, k, s, [1, 1], g);
         assert!(pick([3, 3], [1, 1], 1));
         assert!(!pick([1, 1], [1, 1], 1));
         assert!(!pick([3, 3], [2, 2], 1));
         assert!(!pick([3, 3], [1, 1], 2));
-        assert!(!prefer_shifted_matmuls::<burn::backend::Autodiff<B>>(
+        assert!(!prefer_shifted_windows::<burn::backend::Autodiff<B>>(
             &device,
             [3, 3],
             [1, 1],
