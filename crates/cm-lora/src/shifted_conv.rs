@@ -85,8 +85,8 @@ pub fn conv2d_shifted_windows<B: Backend>(
         .reshape([batch, c_out, h_out, w_out])
 }
 
-/// `conv.forward(x)`, through [`conv2d_shifted_windows`] for a batch of one image where
-/// [`prefer_shifted_windows`] says so and the padding is symmetric (Burn's `Conv2d` otherwise).
+/// `conv.forward(x)`, through [`conv2d_shifted_windows`] where [`prefer_shifted_windows`] says so
+/// and the padding is symmetric (Burn's `Conv2d` otherwise).
 /// Batch 1 only: Burn-flex re-orders the kernel once per call, so its cost per image falls with
 /// the batch, and at batch 2 (an SD1.5 CFG pair) both paths measured the same, at batch 16 (the
 /// demo teacher) Burn's faster. Small images only (`h * w <= 8 * out channels`): the kernel
@@ -102,20 +102,8 @@ pub fn conv2d_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B
         }
         _ => None,
     };
-    let [batch, _, h, w] = x.dims();
-    let c_out = conv.weight.lazy_shape().dims::<4>()[0];
     match padding {
-        Some(padding)
-            if batch == 1
-                && h * w <= 8 * c_out
-                && prefer_shifted_windows::<B>(
-                    &x.device(),
-                    conv.kernel_size,
-                    conv.stride,
-                    conv.dilation,
-                    conv.groups,
-                ) =>
-        {
+        Some(padding) if prefer_shifted_windows(conv, x.dims(), &x.device()) => {
             conv2d_shifted_windows(
                 x,
                 conv.weight.val(),
@@ -127,23 +115,26 @@ pub fn conv2d_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B
     }
 }
 
-/// Whether [`conv2d_shifted_windows`] should replace Burn's convolution on backend `B`: on
+/// Whether [`conv2d_shifted_windows`] should replace `conv` on an input of shape `input`: on
 /// Burn-flex (the CPU backend) without autodiff (under autodiff the backward of the concat and
-/// the larger saved columns measured slower than Burn's convolution backward) for stride-1, dilation-1, ungrouped
-/// kernels larger than 1x1 (Burn-flex runs 1x1 kernels as a plain GEMM already), unless the
-/// environment variable `CM_CONV` is `burn`.
+/// the larger saved columns measured slower than Burn's convolution backward), for a batch of
+/// one small image (`h * w <= 8 * out channels`; see [`conv2d_forward`]) and a stride-1,
+/// dilation-1, ungrouped kernel larger than 1x1 (Burn-flex runs 1x1 kernels as a plain GEMM
+/// already), unless the environment variable `CM_CONV` is `burn`.
 pub fn prefer_shifted_windows<B: Backend>(
+    conv: &Conv2d<B>,
+    input: [usize; 4],
     device: &B::Device,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    dilation: [usize; 2],
-    groups: usize,
 ) -> bool {
-    kernel != [1, 1]
+    let [batch, _, h, w] = input;
+    let c_out = conv.weight.lazy_shape().dims::<4>()[0];
+    batch == 1
+        && h * w <= 8 * c_out
+        && conv.kernel_size != [1, 1]
+        && conv.stride == [1, 1]
+        && conv.dilation == [1, 1]
+        && conv.groups == 1
         && !B::ad_enabled(device)
-        && stride == [1, 1]
-        && dilation == [1, 1]
-        && groups == 1
         && B::name(device).contains("flex")
         && !burns_convolution_forced()
 }
@@ -237,20 +228,31 @@ mod tests {
     }
 
     #[test]
-    fn picked_on_flex_without_autodiff_for_stride_one_kernels_above_1x1() {
+    fn picked_on_flex_without_autodiff_for_one_small_image_and_stride_one_kernels_above_1x1() {
+        use burn::nn::conv::Conv2dConfig;
         let device = Default::default();
-        let pick = |k, s, g| prefer_shifted_windows::<B>(&device, k, s, [1, 1], g);
-        assert!(pick([3, 3], [1, 1], 1));
-        assert!(!pick([1, 1], [1, 1], 1));
-        assert!(!pick([3, 3], [2, 2], 1));
-        assert!(!pick([3, 3], [1, 1], 2));
-        assert!(!prefer_shifted_windows::<burn::backend::Autodiff<B>>(
-            &device,
-            [3, 3],
-            [1, 1],
-            [1, 1],
-            1
-        ));
+        let conv = |k: usize, stride: usize, groups: usize| {
+            Conv2dConfig::new([8, 8], [k, k])
+                .with_stride([stride, stride])
+                .with_groups(groups)
+                .init::<B>(&device)
+        };
+        let pick = |conv: &Conv2d<B>, input| prefer_shifted_windows(conv, input, &device);
+        assert!(pick(&conv(3, 1, 1), [1, 8, 8, 8]));
+        assert!(!pick(&conv(3, 1, 1), [2, 8, 8, 8]), "batch 2");
+        assert!(
+            !pick(&conv(3, 1, 1), [1, 8, 8, 9]),
+            "72 pixels > 8 * 8 channels"
+        );
+        assert!(!pick(&conv(1, 1, 1), [1, 8, 8, 8]), "1x1");
+        assert!(!pick(&conv(3, 2, 1), [1, 8, 8, 8]), "stride 2");
+        assert!(!pick(&conv(3, 1, 2), [1, 8, 8, 8]), "groups");
+        let autodiff =
+            Conv2dConfig::new([8, 8], [3, 3]).init::<burn::backend::Autodiff<B>>(&device);
+        assert!(
+            !prefer_shifted_windows(&autodiff, [1, 8, 8, 8], &device),
+            "autodiff"
+        );
     }
 
     #[test]
