@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example train_teacher -- [--out assets/demo-teacher] [--vae-steps N]
-//!     [--unet-steps N] [--batch N] [--side PX] [--vae-channels 16,32,64] [--unet-channels 64,128]
+//!     [--unet-steps N] [--decoder-steps N] [--batch N] [--side PX] [--vae-channels 16,32,64] [--unet-channels 64,128]
 //!     [--seed S] [--f32] [--snapshot-every N]
 //!     [--resume-from DIR]
 //! ```
@@ -32,9 +32,14 @@ struct Args {
     /// VAE steps.
     #[arg(long, default_value_t = TeacherRecipe::default().vae_steps)]
     vae_steps: u64,
-    /// Text encoder + UNet steps.
+    /// Text encoder + UNet steps (0 only with --resume-from: sharpen its decoder alone).
     #[arg(long, default_value_t = TeacherRecipe::default().unet_steps)]
     unet_steps: u64,
+    /// Decoder steps after the VAE (its reconstruction MSE with the encoder frozen: the latents,
+    /// and a UNet trained on them, stay valid; with --resume-from and --unet-steps 0 this
+    /// sharpens a finished teacher's decoder).
+    #[arg(long, default_value_t = TeacherRecipe::default().decoder_steps)]
+    decoder_steps: u64,
     /// Batch size.
     #[arg(long, default_value_t = TeacherRecipe::default().batch)]
     batch: usize,
@@ -76,6 +81,7 @@ fn main() -> anyhow::Result<()> {
     let recipe = TeacherRecipe {
         vae_steps: args.vae_steps,
         unet_steps: args.unet_steps,
+        decoder_steps: args.decoder_steps,
         batch: args.batch,
         side: args.side,
         vae_channels: args.vae_channels.clone(),
@@ -126,15 +132,24 @@ fn main() -> anyhow::Result<()> {
         )?;
         save_pipeline(&teacher, &out, dtype, &tokenizer)?;
         // The VAE phase only runs for a new VAE (not with --resume-from / --vae-from).
-        let vae = match (&args.resume_from, &args.vae_from) {
+        let losses = teacher.final_losses;
+        let mut phases = vec![match (&args.resume_from, &args.vae_from) {
             (Some(dir), _) | (_, Some(dir)) => format!("VAE from {}", dir.display()),
-            _ => format!("VAE {:.5}", teacher.final_losses.0),
-        };
+            _ => format!("VAE {:.5}", losses.vae),
+        }];
+        if args.decoder_steps > 0 {
+            phases.push(format!("decoder {:.5}", losses.decoder));
+        }
+        phases.push(if args.unet_steps > 0 {
+            format!("UNet {:.5}", losses.unet)
+        } else {
+            "UNet kept".into()
+        });
         println!(
-            "wrote {} in {} (final losses: {vae}, UNet {:.5})",
+            "wrote {} in {} (final losses: {})",
             out.display(),
             format_duration(start.elapsed().as_secs_f64()),
-            teacher.final_losses.1
+            phases.join(", ")
         );
         Ok(())
     })

@@ -37,8 +37,8 @@ pub struct SampleArgs {
     /// A diffusers `unet/` folder used in place of the pipeline's UNet (a whole-UNet student).
     #[arg(long, value_name = "DIR")]
     pub unet: Option<PathBuf>,
-    /// The prompt.
-    #[arg(long, default_value = "a photograph of an astronaut riding a horse")]
+    /// The prompt (the default is a caption of the demo teacher's grammar; SD1.5 draws it too).
+    #[arg(long, default_value = "a large red circle in the center")]
     pub prompt: String,
     /// The negative prompt (the unconditional branch of guidance).
     #[arg(long, default_value = "")]

@@ -159,6 +159,66 @@ fn a_tiny_teacher_recipe_trains_saves_and_loads_as_a_pipeline() {
     assert_eq!(resumed.vae.scaling_factor, sd.vae.scaling_factor);
     assert_eq!(resumed.configs.1, teacher.configs.1);
 
+    // Sharpening the folder's decoder alone: the encoder (so the latent space) and the UNet stay
+    // as saved, the decoder moves.
+    let mut decoder_phases = Vec::new();
+    let sharpened = train_teacher::<AutodiffBackend>(
+        &TeacherRecipe {
+            unet_steps: 0,
+            decoder_steps: 2,
+            snapshot_every: 0,
+            resume_from: Some(out.clone()),
+            ..recipe.clone()
+        },
+        &Default::default(),
+        &mut |phase, step, _, loss| {
+            assert!(loss.is_finite());
+            decoder_phases.push((phase.to_string(), step));
+        },
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    assert_eq!(
+        decoder_phases,
+        [("decoder".to_string(), 1), ("decoder".to_string(), 2)]
+    );
+    assert!(sharpened.final_losses.decoder > 0.0);
+    let image = Tensor::<Backend, 4>::random(
+        [2, 3, 16, 16],
+        burn::tensor::Distribution::Uniform(-1.0, 1.0),
+        &Default::default(),
+    );
+    let moved = |a: Tensor<Backend, 4>, b: Tensor<Backend, 4>| (a - b).abs().max().into_scalar();
+    let (before, after) = (
+        sd.vae.encode(image.clone()).unwrap(),
+        sharpened.vae.encode(image).unwrap(),
+    );
+    assert!(
+        moved(before.mean.clone(), after.mean.clone()) < 1e-6,
+        "encoder frozen"
+    );
+    assert!(
+        moved(before.logvar, after.logvar) < 1e-6,
+        "quant_conv frozen"
+    );
+    assert!(
+        moved(
+            sd.vae.decode(before.mean.clone()),
+            sharpened.vae.decode(before.mean)
+        ) > 1e-4,
+        "the decoder trained"
+    );
+    let probe = Tensor::<Backend, 4>::ones([1, 4, 8, 8], &Default::default());
+    let unet_out = |unet: &consistency_models::models::unet::UNet2DConditionModel<Backend>| {
+        let context = Tensor::<Backend, 3>::ones([1, 77, 32], &Default::default());
+        unet.forward(probe.clone(), &[500.0], context, None)
+            .unwrap()
+    };
+    assert!(
+        moved(unet_out(&sd.unet), unet_out(&sharpened.unet)) < 1e-6,
+        "UNet kept"
+    );
+
     // A new UNet on the folder's VAE: no VAE phase, the VAE's weights and scaling factor as saved,
     // the UNet of the new recipe (one level deeper here).
     let fresh = train_teacher::<AutodiffBackend>(
@@ -229,8 +289,15 @@ fn teacher_recipes_the_configs_cannot_build_are_named() {
             side: 30,
             ..Default::default()
         },
+        TeacherRecipe {
+            unet_steps: 0,
+            ..Default::default()
+        },
     ];
-    for (recipe, word) in bad.iter().zip(["vae_channels", "unet_channels", "side"]) {
+    for (recipe, word) in bad
+        .iter()
+        .zip(["vae_channels", "unet_channels", "side", "unet_steps 0"])
+    {
         let message = recipe.check().unwrap_err().to_string();
         assert!(message.contains(word), "{message}");
     }

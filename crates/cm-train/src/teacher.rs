@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use cm_data::synthetic::{render, ShapeLabel, BACKGROUNDS, COLOURS, PLACES, SHAPES, SIZES};
@@ -128,6 +128,25 @@ impl<B: AutodiffBackend, G, T> Objective<B, AutoencoderKL<B>, G, T, 2> for VaeOb
                 self.kl_weight
             )))
         }
+    }
+}
+
+/// The VAE with gradients on the decoder and `post_quant_conv` only (the decoder phase of
+/// [`TeacherRecipe::decoder_steps`]; a loaded VAE's parameters come without gradients, a new
+/// one's all with them).
+pub fn decoder_trainable<B: AutodiffBackend>(vae: AutoencoderKL<B>) -> AutoencoderKL<B> {
+    struct RequireGrad;
+    impl<B: Backend> ModuleMapper<B> for RequireGrad {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            param.map(|t| t.set_require_grad(true))
+        }
+    }
+    AutoencoderKL {
+        encoder: vae.encoder.no_grad(),
+        quant_conv: vae.quant_conv.map(|c| c.no_grad()),
+        decoder: vae.decoder.map(&mut RequireGrad),
+        post_quant_conv: vae.post_quant_conv.map(|c| c.map(&mut RequireGrad)),
+        ..vae
     }
 }
 
@@ -278,8 +297,12 @@ pub struct TeacherRecipe {
     pub text_layers: usize,
     /// VAE steps.
     pub vae_steps: u64,
-    /// UNet + text encoder steps.
+    /// UNet + text encoder steps (0 only with `resume_from`: keep its text encoder and UNet).
     pub unet_steps: u64,
+    /// Decoder steps after the VAE phase: the VAE's reconstruction MSE again, with the encoder
+    /// and `quant_conv` frozen ([`decoder_trainable`]), so the latents, and a UNet trained on
+    /// them, stay valid while the decoder gets sharper (0: none).
+    pub decoder_steps: u64,
     /// Batch size of both phases.
     pub batch: usize,
     /// Learning rates (VAE, UNet).
@@ -309,6 +332,7 @@ impl Default for TeacherRecipe {
             text_layers: 2,
             vae_steps: 700,
             unet_steps: 2500,
+            decoder_steps: 0,
             batch: 32,
             lr: (1e-3, 5e-4),
             seed: 0,
@@ -347,6 +371,11 @@ impl TeacherRecipe {
                 self.side,
                 vae_factor * unet_factor
             ));
+        }
+        if self.unet_steps == 0 && self.resume_from.is_none() {
+            return bad(
+                "unet_steps 0 needs resume_from (a new text encoder and UNet must train)".into(),
+            );
         }
         if self.batch == 0 || self.text_width == 0 || !self.text_width.is_multiple_of(4) {
             return bad(format!(
@@ -437,6 +466,17 @@ fn settings(
     }
 }
 
+/// The mean loss of the last 100 steps of each phase (0 for a phase that did not run).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FinalLosses {
+    /// VAE (MSE + KL).
+    pub vae: f64,
+    /// Decoder (reconstruction MSE, encoder frozen).
+    pub decoder: f64,
+    /// Text encoder + UNet (epsilon MSE).
+    pub unet: f64,
+}
+
 /// A trained teacher: its modules (inner backend) and configs.
 pub struct TrainedTeacher<B: Backend> {
     /// The VAE (scaling factor set to 1 / std of the latents).
@@ -447,8 +487,8 @@ pub struct TrainedTeacher<B: Backend> {
     pub unet: UNet2DConditionModel<B>,
     /// Configs as JSON (vae, unet, text encoder).
     pub configs: (serde_json::Value, serde_json::Value, serde_json::Value),
-    /// Final losses (mean of the last 100 steps): VAE, UNet.
-    pub final_losses: (f64, f64),
+    /// Final losses (mean of the last 100 steps of each phase; 0 for a phase that did not run).
+    pub final_losses: FinalLosses,
 }
 
 /// Reads `dir/name` as JSON.
@@ -473,6 +513,7 @@ pub fn train_teacher<A: AutodiffBackend>(
     if recipe.resume_from.is_none() {
         recipe.check()?;
     }
+    let tail = |v: &[f64]| v.iter().rev().take(100).sum::<f64>() / v.len().clamp(1, 100) as f64;
     let images = ShapeImages::render(recipe.side);
     A::seed(device, recipe.seed);
     let mut vae_losses = Vec::new();
@@ -592,6 +633,34 @@ pub fn train_teacher<A: AutodiffBackend>(
         }
     };
 
+    // 1b. More decoder training (encoder frozen: the latents below do not change).
+    let mut decoder_losses = Vec::new();
+    if recipe.decoder_steps > 0 {
+        let mut trainer = Trainer::new(
+            decoder_trainable(AutoencoderKL::<A>::from_inner(vae)),
+            settings(
+                recipe.decoder_steps,
+                recipe.batch,
+                recipe.lr.0 * 0.5,
+                recipe.seed ^ 0xDEC0,
+                1000,
+                0.0,
+            ),
+            VaeObjective { kl_weight: 0.0 },
+        )?;
+        let mut source = ImageSource {
+            images: &images,
+            seed: recipe.seed ^ 0xDEC0,
+        };
+        while trainer.step < recipe.decoder_steps {
+            let r =
+                trainer.train_step::<_, TextUNet<A::InnerBackend>, 2>(&mut source, None, device)?;
+            progress("decoder", r.step + 1, recipe.decoder_steps, r.loss);
+            decoder_losses.push(r.loss);
+        }
+        vae = trainer.student.valid();
+    }
+
     // 2. Latents of the 360 images and (for a new VAE) the scaling factor that gives them unit
     //    variance.
     let n = images.labels.len();
@@ -646,7 +715,23 @@ pub fn train_teacher<A: AutodiffBackend>(
         empty,
     };
 
-    // 3. Text encoder + UNet with the denoising objective (10% condition dropout).
+    // 3. Text encoder + UNet with the denoising objective (10% condition dropout); none with
+    //    unet_steps 0 (a resumed pipeline whose decoder alone was sharpened).
+    let configs = (vae_json, unet_json, text_json);
+    let teacher = |model: TextUNet<A::InnerBackend>, unet_losses: &[f64]| TrainedTeacher {
+        vae: vae.clone(),
+        text_encoder: model.text_encoder,
+        unet: model.unet,
+        configs: configs.clone(),
+        final_losses: FinalLosses {
+            vae: tail(&vae_losses),
+            decoder: tail(&decoder_losses),
+            unet: tail(unet_losses),
+        },
+    };
+    if recipe.unet_steps == 0 {
+        return Ok(teacher(student.valid(), &[]));
+    }
     let schedule = NoiseSchedule::new(&SchedulerConfig::sd15());
     let mut trainer = Trainer::new(
         student,
@@ -674,15 +759,6 @@ pub fn train_teacher<A: AutodiffBackend>(
             },
     };
     let mut unet_losses = Vec::new();
-    let tail = |v: &[f64]| v.iter().rev().take(100).sum::<f64>() / v.len().clamp(1, 100) as f64;
-    let configs = (vae_json, unet_json, text_json);
-    let teacher = |model: TextUNet<A::InnerBackend>, unet_losses: &[f64]| TrainedTeacher {
-        vae: vae.clone(),
-        text_encoder: model.text_encoder,
-        unet: model.unet,
-        configs: configs.clone(),
-        final_losses: (tail(&vae_losses), tail(unet_losses)),
-    };
     while trainer.step < recipe.unet_steps {
         let r = trainer.train_step::<_, TextUNet<A::InnerBackend>, 2>(&mut source, None, device)?;
         progress("unet", r.step + 1, recipe.unet_steps, r.loss);
