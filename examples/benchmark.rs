@@ -9,15 +9,19 @@
 //! ```
 //!
 //! A student is `FILE:SAMPLER:STEPS` with SAMPLER `lcm` (LCM multistep sampling) or
-//! `multiboundary` (deterministic multi-boundary sampling with STEPS boundaries); its row is named
+//! `multiboundary` (deterministic multi-boundary sampling with STEPS boundaries); FILE is a LoRA
+//! (merged into the teacher's UNet) or the `unet/` folder of a whole-UNet run; its row is named
 //! after the folder holding FILE.
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::DType;
 use clap::Parser;
 use consistency_models::backend::{self, Backend};
 use consistency_models::data::frechet::image_frechet_distance;
 use consistency_models::models::pipeline::{PipelineLoadOptions, StableDiffusion};
+use consistency_models::models::unet::UNet2DConditionModel;
+use consistency_models::models::{Component, WeightVariant};
 use consistency_models::schedulers::config::{SchedulerClass, SchedulerConfig, TimestepSpacing};
 use consistency_models::train::eval::{
     eval_labels, evaluate, markdown_row, real_images, vae_reconstruction, EvalRow, MARKDOWN_HEADER,
@@ -43,7 +47,8 @@ struct Args {
     /// Teacher DDIM step counts.
     #[arg(long, value_delimiter = ',', default_value = "50,8,4,2,1")]
     steps: Vec<usize>,
-    /// Also evaluate LoRA students: FILE:SAMPLER:STEPS (SAMPLER lcm or multiboundary).
+    /// Also evaluate students: FILE:SAMPLER:STEPS (FILE a LoRA or a whole-UNet run's unet/ folder;
+    /// SAMPLER lcm or multiboundary).
     #[arg(long, value_name = "FILE:SAMPLER:STEPS")]
     student: Vec<String>,
     /// Images per sampling call.
@@ -180,9 +185,25 @@ fn main() -> anyhow::Result<()> {
             report(row, &mut lines);
         }
         for student in &students {
-            let mut unet = sd.unet.clone();
-            consistency_models::models::lora_file::load_into(&mut unet, &student.file, "student")?;
-            consistency_models::lora::merge(&mut unet, "student")?;
+            let unet = if student.file.is_dir() {
+                // A whole-UNet student (`trainable = "unet"` writes a diffusers UNet folder).
+                UNet2DConditionModel::<Backend>::from_folder(
+                    &student.file,
+                    WeightVariant::Auto,
+                    DType::F32,
+                    &device,
+                )?
+                .0
+            } else {
+                let mut unet = sd.unet.clone();
+                consistency_models::models::lora_file::load_into(
+                    &mut unet,
+                    &student.file,
+                    "student",
+                )?;
+                consistency_models::lora::merge(&mut unet, "student")?;
+                unet
+            };
             let class = student.sampler.scheduler_class();
             let scheduler = SchedulerConfig::from_json_value_as(
                 &sd.scheduler_config,

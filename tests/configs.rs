@@ -2,7 +2,7 @@
 //! examples' flags override them.
 
 use consistency_models::cli::{default_config_text, TrainArgs};
-use consistency_models::train::config::{Method, RunConfig};
+use consistency_models::train::config::{Method, PeersPerDevice, RunConfig};
 use consistency_models::train::trainer::TargetNetwork;
 
 #[test]
@@ -51,6 +51,14 @@ fn flags_override_the_config() {
         config.model.teacher.is_some(),
         "the default teacher is filled in"
     );
+    // Peers per device: "auto" unless given; one that does not divide the batch is named.
+    assert_eq!(config.train.peers_per_device, PeersPerDevice::AUTO);
+    let args = TrainArgs::parse_from(["x", "--batch", "8", "--peers-per-device", "4"]);
+    let config = args.resolve(Method::Cd).unwrap();
+    assert_eq!(config.train.peers_per_device, PeersPerDevice::Count(4));
+    let args = TrainArgs::parse_from(["x", "--batch", "3", "--peers-per-device", "2"]);
+    let err = args.resolve(Method::Cd).unwrap_err();
+    assert!(format!("{err:#}").contains("peers_per_device"), "{err:#}");
     // A bad override is named with its key.
     let args = TrainArgs::parse_from(["x", "--steps", "0"]);
     let err = args.resolve(Method::Cd).unwrap_err();

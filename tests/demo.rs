@@ -95,9 +95,9 @@ fn each_training_example_runs_its_defaults_on_the_demo_teacher() {
     }
 }
 
-#[test]
-fn a_tiny_teacher_recipe_trains_saves_and_loads_as_a_pipeline() {
-    let recipe = TeacherRecipe {
+/// A teacher of the demo's shape at 16 px with a few steps per phase.
+fn tiny_recipe() -> TeacherRecipe {
+    TeacherRecipe {
         side: 16,
         vae_channels: vec![16, 16],
         unet_channels: vec![32, 32],
@@ -108,7 +108,12 @@ fn a_tiny_teacher_recipe_trains_saves_and_loads_as_a_pipeline() {
         batch: 2,
         snapshot_every: 2,
         ..Default::default()
-    };
+    }
+}
+
+#[test]
+fn a_tiny_teacher_recipe_trains_saves_and_loads_as_a_pipeline() {
+    let recipe = tiny_recipe();
     let out = temp("teacher");
     let tokenizer =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd/tokenizer");
@@ -302,4 +307,71 @@ fn teacher_recipes_the_configs_cannot_build_are_named() {
         assert!(message.contains(word), "{message}");
     }
     TeacherRecipe::default().check().unwrap();
+}
+
+#[test]
+fn two_peers_train_the_same_teacher_as_one_and_stop_together_on_an_error() {
+    let recipe = TeacherRecipe {
+        decoder_steps: 2,
+        batch: 4,
+        ..tiny_recipe()
+    };
+    let train = |peers: usize| {
+        let mut losses = Vec::new();
+        let mut snapshots = 0;
+        let teacher = train_teacher::<AutodiffBackend>(
+            &TeacherRecipe {
+                peers,
+                ..recipe.clone()
+            },
+            &Default::default(),
+            &mut |phase, step, _, loss| losses.push((phase.to_string(), step, loss)),
+            &mut |_| {
+                snapshots += 1;
+                Ok(())
+            },
+        )
+        .unwrap();
+        (teacher, losses, snapshots)
+    };
+    let (one, one_losses, one_snapshots) = train(1);
+    let (two, two_losses, two_snapshots) = train(2);
+    assert_eq!(one_losses.len(), 7, "2 VAE + 2 decoder + 3 UNet steps");
+    assert_eq!((one_snapshots, two_snapshots), (1, 1));
+    for ((phase, step, a), (phase2, step2, b)) in one_losses.iter().zip(&two_losses) {
+        assert_eq!((phase, step), (phase2, step2));
+        assert!(
+            (a - b).abs() <= 1e-4 * a.abs(),
+            "{phase} step {step}: loss {a} with one peer, {b} with two"
+        );
+    }
+    let latents = Tensor::<Backend, 4>::random(
+        [2, 4, 8, 8],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &Default::default(),
+    );
+    let decoded = |t: &consistency_models::train::teacher::TrainedTeacher<Backend>| {
+        t.vae.decode(latents.clone())
+    };
+    let err = (decoded(&one) - decoded(&two)).abs().max().into_scalar();
+    assert!(err < 1e-3, "the two VAEs decode differently: {err}");
+
+    // A snapshot that fails stops both peers after that step (nobody is left waiting).
+    let outcome = train_teacher::<AutodiffBackend>(
+        &TeacherRecipe {
+            peers: 2,
+            ..recipe.clone()
+        },
+        &Default::default(),
+        &mut |_, _, _, _| {},
+        &mut |_| {
+            Err(consistency_models::train::TrainError::Invalid(
+                "disk full".into(),
+            ))
+        },
+    );
+    match outcome {
+        Err(err) => assert!(err.to_string().contains("disk full"), "{err}"),
+        Ok(_) => panic!("a failing snapshot must stop the training"),
+    }
 }

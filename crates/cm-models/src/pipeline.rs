@@ -54,8 +54,9 @@ impl Default for PipelineLoadOptions {
     }
 }
 
-/// The components of a Stable Diffusion pipeline folder.
-#[derive(Debug)]
+/// The components of a Stable Diffusion pipeline folder. A clone shares the weights' storage on
+/// backends whose tensors are reference-counted (Burn-flex's are).
+#[derive(Debug, Clone)]
 pub struct StableDiffusion<B: Backend> {
     /// The folder.
     pub root: PathBuf,

@@ -80,9 +80,12 @@ pub fn run<B: Backend>(config: &RunConfig, resume: bool, device: &B::Device) -> 
     run_on_devices::<B>(config, resume, std::slice::from_ref(device))
 }
 
-/// Runs `config` data-parallel: one peer (a thread) per device, each training `batch_size`
-/// examples per micro-batch, gradients averaged with burn-collective (`parallel`). The first peer
-/// writes every output; `train.devices` must equal `devices.len()`.
+/// Runs `config` data-parallel: `train.peers_per_device` peers (threads) per device, each
+/// training its share of the device's `batch_size` examples per micro-batch, gradients averaged
+/// with burn-collective (`parallel`). Peers on the same device share one copy of the frozen
+/// teacher pipeline. The first peer writes every output; `train.devices` must equal
+/// `devices.len()`. `peers_per_device = "auto"` counts as 1 here (the binaries resolve it by
+/// backend first: [`crate::config::PeersPerDevice::auto_for`]).
 pub fn run_on_devices<B: Backend>(
     config: &RunConfig,
     resume: bool,
@@ -95,46 +98,84 @@ pub fn run_on_devices<B: Backend>(
             devices.len()
         )));
     }
+    config.validate()?;
+    let split = config.train.peers_per_device.count();
+    let peers: Vec<B::Device> = devices
+        .iter()
+        .flat_map(|device| std::iter::repeat_n(device.clone(), split))
+        .collect();
+    let mut per_peer = config.clone();
+    per_peer.train.batch_size = config.train.batch_size / split;
+    per_peer.train.peers_per_device = crate::config::PeersPerDevice::Count(1);
+    let plan = Plan {
+        per_peer: &per_peer,
+        saved: config,
+        split,
+    };
     if config.model.gradient_checkpointing {
-        dispatch::<Autodiff<B, BalancedCheckpointing>>(config, resume, devices)
+        dispatch::<Autodiff<B, BalancedCheckpointing>>(plan, resume, &peers)
     } else {
-        dispatch::<Autodiff<B>>(config, resume, devices)
+        dispatch::<Autodiff<B>>(plan, resume, &peers)
     }
 }
 
+/// A run as its peers see it.
+#[derive(Clone, Copy)]
+struct Plan<'a> {
+    /// The config with `batch_size` per peer (what every step uses).
+    per_peer: &'a RunConfig,
+    /// The config as given (what `config.toml` and checkpoints record).
+    saved: &'a RunConfig,
+    /// Peers per device.
+    split: usize,
+}
+
 fn dispatch<A: AutodiffBackend>(
-    config: &RunConfig,
+    plan: Plan<'_>,
     resume: bool,
-    devices: &[A::Device],
+    peers: &[A::Device],
 ) -> Result<RunOutcome> {
+    let config = plan.per_peer;
     // 1. Everything that needs no weights, once.
     let teacher_dir = preflight(config, resume)?;
-    if devices.len() == 1 {
-        return run_peer::<A>(config, resume, &devices[0], &teacher_dir, None);
+    if peers.len() == 1 {
+        return run_peer::<A>(plan, resume, &peers[0], &teacher_dir, None, None);
     }
-    // The latent cache is built once, before the peers start (they only read it).
-    if config.data.latents == LatentMode::Cache {
-        let sd = load_pipeline::<A::InnerBackend>(config, &teacher_dir, &devices[0])?;
-        let resolution = training_resolution(config, &sd)?;
+    // Peers on one device share the frozen pipeline; the latent cache is built once, before the
+    // peers start (they only read it).
+    let one_device = peers.iter().all(|device| *device == peers[0]);
+    let shared = if one_device || config.data.latents == LatentMode::Cache {
+        Some(load_pipeline::<A::InnerBackend>(
+            config,
+            &teacher_dir,
+            &peers[0],
+        )?)
+    } else {
+        None
+    };
+    if let (Some(sd), LatentMode::Cache) = (&shared, config.data.latents) {
+        let resolution = training_resolution(config, sd)?;
         let items = items(&config.data, resolution, &config.output.dir)?;
         load_latents(
-            &sd,
+            sd,
             items,
             resolution,
             config.data.skip_bad,
             &cache_dir(config),
-            &devices[0],
+            &peers[0],
         )?;
     }
-    let peers = devices.len();
+    let shared = if one_device { shared } else { None };
+    let count = peers.len();
     std::thread::scope(|scope| {
-        let handles: Vec<_> = devices
+        let handles: Vec<_> = peers
             .iter()
             .enumerate()
             .map(|(id, device)| {
                 let teacher_dir = &teacher_dir;
+                let shared = shared.as_ref();
                 scope.spawn(move || {
-                    run_peer::<A>(config, resume, device, teacher_dir, Some((id, peers)))
+                    run_peer::<A>(plan, resume, device, teacher_dir, shared, Some((id, count)))
                 })
             })
             .collect();
@@ -273,25 +314,30 @@ impl<B: Backend> ModuleMapper<B> for RequireGrad {
 
 /// One peer of a run (the only one without data parallelism): steps 2-7 of the module docs.
 fn run_peer<A: AutodiffBackend>(
-    config: &RunConfig,
+    plan: Plan<'_>,
     resume: bool,
     device: &A::Device,
     teacher_dir: &Path,
+    shared: Option<&StableDiffusion<A::InnerBackend>>,
     peer: Option<(usize, usize)>,
 ) -> Result<RunOutcome> {
+    let config = plan.per_peer;
     let start = Instant::now();
     let primary = peer.is_none_or(|(id, _)| id == 0);
     let peers = peer.map_or(1, |(_, n)| n);
     let teacher_dir = teacher_dir.to_path_buf();
     let out = config.output.dir.clone();
     if primary {
-        cm_io::write_atomically(&out.join("config.toml"), config.to_toml().as_bytes())?;
+        cm_io::write_atomically(&out.join("config.toml"), plan.saved.to_toml().as_bytes())?;
     }
 
-    // 2. The teacher pipeline.
+    // 2. The teacher pipeline (shared by the peers of one device).
     let lora = config.model.trainable == Trainable::Lora;
     let frozen = config.model.frozen_dtype.dtype();
-    let sd = load_pipeline::<A::InnerBackend>(config, &teacher_dir, device)?;
+    let sd = match shared {
+        Some(sd) => sd.clone(),
+        None => load_pipeline::<A::InnerBackend>(config, &teacher_dir, device)?,
+    };
     if primary {
         for report in &sd.reports {
             println!("  {report}");
@@ -402,12 +448,18 @@ fn run_peer<A: AutodiffBackend>(
     }
     if primary {
         println!(
-            "{}: {} trainable parameters, {} steps of {} x {} examples x {peers} device(s)",
+            "{}: {} trainable parameters, {} steps of {} x {} examples x {} device(s){}",
             config.method.name(),
             trainer.trainable_count(),
             config.train.steps,
-            config.train.batch_size,
-            config.train.gradient_accumulation
+            plan.saved.train.batch_size,
+            config.train.gradient_accumulation,
+            plan.saved.train.devices,
+            if plan.split > 1 {
+                format!(" ({} peers per device)", plan.split)
+            } else {
+                String::new()
+            }
         );
     }
     let options = SessionOptions {
@@ -417,7 +469,7 @@ fn run_peer<A: AutodiffBackend>(
         keep_checkpoints: config.output.keep_checkpoints,
         validate_every: config.output.validate_every,
         label: config.method.name().to_string(),
-        run: serde_json::to_value(config).expect("serialisable"),
+        run: serde_json::to_value(plan.saved).expect("serialisable"),
         print: primary,
         primary,
     };

@@ -29,6 +29,7 @@ use crate::diffusion::{DiffusionStep, Objective};
 use crate::draws::{generator, DrawSpec, GuidanceDraw, StepDraws};
 use crate::error::{Result, TrainError};
 use crate::lr::{LrDecay, LrSchedule};
+use crate::parallel::train_on_peers;
 use crate::step::StepBatch;
 use crate::trainer::{AdamWSettings, BatchSource, LoopSettings, TargetNetwork, Trainer};
 
@@ -305,6 +306,10 @@ pub struct TeacherRecipe {
     pub decoder_steps: u64,
     /// Batch size of both phases.
     pub batch: usize,
+    /// Peers (threads) sharing each step's batch, gradients averaged: the same training, faster
+    /// where one peer leaves cores idle (the CPU; [`crate::parallel::train_on_peers`]). Must
+    /// divide `batch`.
+    pub peers: usize,
     /// Learning rates (VAE, UNet).
     pub lr: (f64, f64),
     /// Seed.
@@ -334,6 +339,7 @@ impl Default for TeacherRecipe {
             unet_steps: 2500,
             decoder_steps: 0,
             batch: 32,
+            peers: 1,
             lr: (1e-3, 5e-4),
             seed: 0,
             snapshot_every: 500,
@@ -376,6 +382,12 @@ impl TeacherRecipe {
             return bad(
                 "unet_steps 0 needs resume_from (a new text encoder and UNet must train)".into(),
             );
+        }
+        if self.peers == 0 || !self.batch.is_multiple_of(self.peers) {
+            return bad(format!(
+                "peers {} must be at least 1 and divide batch {}",
+                self.peers, self.batch
+            ));
         }
         if self.batch == 0 || self.text_width == 0 || !self.text_width.is_multiple_of(4) {
             return bad(format!(
@@ -596,39 +608,30 @@ pub fn train_teacher<A: AutodiffBackend>(
                 (vae, student(), vae_json, unet_json, text_json)
             } else {
                 // 1. The VAE (initial values from the backend RNG, seeded by the recipe).
-                let vae: AutoencoderKL<A> = vae_config.init::<A>(device);
-                let mut trainer = Trainer::new(
+                let vae = vae_config.init::<A>(device);
+                let vae = train_on_peers::<A, AutoencoderKL<A>, _, _, TextUNet<A::InnerBackend>, 2>(
+                    recipe.peers,
+                    recipe.batch,
+                    device,
                     vae,
-                    settings(
-                        recipe.vae_steps,
-                        recipe.batch,
-                        recipe.lr.0,
-                        recipe.seed,
-                        1000,
-                        0.0,
-                    ),
-                    VaeObjective { kl_weight: 1e-4 },
+                    &|vae, batch| {
+                        Trainer::new(
+                            vae,
+                            settings(recipe.vae_steps, batch, recipe.lr.0, recipe.seed, 1000, 0.0),
+                            VaeObjective { kl_weight: 1e-4 },
+                        )
+                    },
+                    &|| ImageSource {
+                        images: &images,
+                        seed: recipe.seed,
+                    },
+                    &mut |_, r| {
+                        progress("vae", r.step + 1, recipe.vae_steps, r.loss);
+                        vae_losses.push(r.loss);
+                        Ok(())
+                    },
                 )?;
-                let mut source = ImageSource {
-                    images: &images,
-                    seed: recipe.seed,
-                };
-                while trainer.step < recipe.vae_steps {
-                    let r = trainer.train_step::<_, TextUNet<A::InnerBackend>, 2>(
-                        &mut source,
-                        None,
-                        device,
-                    )?;
-                    progress("vae", r.step + 1, recipe.vae_steps, r.loss);
-                    vae_losses.push(r.loss);
-                }
-                (
-                    trainer.student.valid(),
-                    student(),
-                    vae_json,
-                    unet_json,
-                    text_json,
-                )
+                (vae, student(), vae_json, unet_json, text_json)
             }
         }
     };
@@ -636,29 +639,35 @@ pub fn train_teacher<A: AutodiffBackend>(
     // 1b. More decoder training (encoder frozen: the latents below do not change).
     let mut decoder_losses = Vec::new();
     if recipe.decoder_steps > 0 {
-        let mut trainer = Trainer::new(
+        vae = train_on_peers::<A, AutoencoderKL<A>, _, _, TextUNet<A::InnerBackend>, 2>(
+            recipe.peers,
+            recipe.batch,
+            device,
             decoder_trainable(AutoencoderKL::<A>::from_inner(vae)),
-            settings(
-                recipe.decoder_steps,
-                recipe.batch,
-                recipe.lr.0 * 0.5,
-                recipe.seed ^ 0xDEC0,
-                1000,
-                0.0,
-            ),
-            VaeObjective { kl_weight: 0.0 },
+            &|vae, batch| {
+                Trainer::new(
+                    vae,
+                    settings(
+                        recipe.decoder_steps,
+                        batch,
+                        recipe.lr.0 * 0.5,
+                        recipe.seed ^ 0xDEC0,
+                        1000,
+                        0.0,
+                    ),
+                    VaeObjective { kl_weight: 0.0 },
+                )
+            },
+            &|| ImageSource {
+                images: &images,
+                seed: recipe.seed ^ 0xDEC0,
+            },
+            &mut |_, r| {
+                progress("decoder", r.step + 1, recipe.decoder_steps, r.loss);
+                decoder_losses.push(r.loss);
+                Ok(())
+            },
         )?;
-        let mut source = ImageSource {
-            images: &images,
-            seed: recipe.seed ^ 0xDEC0,
-        };
-        while trainer.step < recipe.decoder_steps {
-            let r =
-                trainer.train_step::<_, TextUNet<A::InnerBackend>, 2>(&mut source, None, device)?;
-            progress("decoder", r.step + 1, recipe.decoder_steps, r.loss);
-            decoder_losses.push(r.loss);
-        }
-        vae = trainer.student.valid();
     }
 
     // 2. Latents of the 360 images and (for a new VAE) the scaling factor that gives them unit
@@ -733,45 +742,54 @@ pub fn train_teacher<A: AutodiffBackend>(
         return Ok(teacher(student.valid(), &[]));
     }
     let schedule = NoiseSchedule::new(&SchedulerConfig::sd15());
-    let mut trainer = Trainer::new(
+    let data_seed = recipe.seed
+        ^ 0xC0DE
+        ^ if recipe.resume_from.is_some() {
+            0x5EC0_0D00
+        } else {
+            0
+        };
+    let mut unet_losses = Vec::new();
+    let trained = train_on_peers::<A, TextUNet<A>, _, _, TextUNet<A::InnerBackend>, 2>(
+        recipe.peers,
+        recipe.batch,
+        device,
         student,
-        settings(
-            recipe.unet_steps,
-            recipe.batch,
-            recipe.lr.1,
-            recipe.seed,
-            1000,
-            0.1,
-        ),
-        DiffusionStep {
-            schedule,
-            loss: Loss::L2,
+        &|model, batch| {
+            Trainer::new(
+                model,
+                settings(
+                    recipe.unet_steps,
+                    batch,
+                    recipe.lr.1,
+                    recipe.seed,
+                    1000,
+                    0.1,
+                ),
+                DiffusionStep {
+                    schedule: schedule.clone(),
+                    loss: Loss::L2,
+                },
+            )
+        },
+        &|| LatentShapesSource {
+            latents: &latents,
+            seed: data_seed,
+        },
+        &mut |trainer, r| {
+            progress("unet", r.step + 1, recipe.unet_steps, r.loss);
+            unet_losses.push(r.loss);
+            let done = r.step + 1;
+            if recipe.snapshot_every > 0
+                && done.is_multiple_of(recipe.snapshot_every)
+                && done < recipe.unet_steps
+            {
+                snapshot(&teacher(trainer.student.valid(), &unet_losses))?;
+            }
+            Ok(())
         },
     )?;
-    let mut source = LatentShapesSource {
-        latents: &latents,
-        seed: recipe.seed
-            ^ 0xC0DE
-            ^ if recipe.resume_from.is_some() {
-                0x5EC0_0D00
-            } else {
-                0
-            },
-    };
-    let mut unet_losses = Vec::new();
-    while trainer.step < recipe.unet_steps {
-        let r = trainer.train_step::<_, TextUNet<A::InnerBackend>, 2>(&mut source, None, device)?;
-        progress("unet", r.step + 1, recipe.unet_steps, r.loss);
-        unet_losses.push(r.loss);
-        let done = r.step + 1;
-        if recipe.snapshot_every > 0
-            && done.is_multiple_of(recipe.snapshot_every)
-            && done < recipe.unet_steps
-        {
-            snapshot(&teacher(trainer.student.valid(), &unet_losses))?;
-        }
-    }
-    Ok(teacher(trainer.student.valid(), &unet_losses))
+    Ok(teacher(trained, &unet_losses))
 }
 
 /// Writes a trained teacher as a diffusers pipeline folder (weights in `dtype`: f16 or f32).

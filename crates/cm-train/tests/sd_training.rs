@@ -13,7 +13,7 @@ use cm_models::unet::UNet2DConditionModel;
 use cm_models::Component;
 use cm_schedulers::config::{PredictionType, SchedulerClass, SchedulerConfig};
 use cm_schedulers::schedule::NoiseSchedule;
-use cm_train::config::{Method, RunConfig};
+use cm_train::config::{Method, PeersPerDevice, RunConfig};
 use cm_train::run::{consistency_step, loop_settings, run};
 use cm_train::sd::SdUnet;
 use cm_train::sd_data::{items, load_latents, LatentSource};
@@ -357,7 +357,7 @@ fn unreadable_training_images_are_skipped_and_counted_or_named() {
 }
 
 #[test]
-fn two_data_parallel_devices_train_like_one_with_the_whole_batch() {
+fn two_data_parallel_devices_or_peers_train_like_one_with_the_whole_batch() {
     burn::collective::reset_collective::<F>();
     let mut single = config(Method::Cd, temp("dp-single"), 2);
     single.train.batch_size = 2;
@@ -367,13 +367,27 @@ fn two_data_parallel_devices_train_like_one_with_the_whole_batch() {
     two.train.devices = 2;
     let devices = vec![Default::default(); 2];
     let two = cm_train::run::run_on_devices::<F>(&two, false, &devices).unwrap();
-    for (a, b) in single.records.iter().zip(&two.records) {
-        assert!(
-            (a.loss - b.loss).abs() <= 1e-4 * a.loss.abs(),
-            "loss {} vs {}",
-            a.loss,
-            b.loss
-        );
+    // Two peers on one device, sharing its batch of 2 (and one frozen pipeline).
+    burn::collective::reset_collective::<F>();
+    let mut split = config(Method::Cd, temp("dp-split"), 2);
+    split.train.batch_size = 2;
+    split.train.peers_per_device = PeersPerDevice::Count(2);
+    let split = run::<F>(&split, false, &Default::default()).unwrap();
+    let saved = std::fs::read_to_string(split.out.join("config.toml")).unwrap();
+    assert!(
+        saved.contains("batch_size = 2") && saved.contains("peers_per_device = 2"),
+        "config.toml records the config as given:\n{saved}"
+    );
+    for (other, what) in [(&two, "two devices"), (&split, "two peers on one device")] {
+        assert_eq!(other.records.len(), single.records.len(), "{what}");
+        for (a, b) in single.records.iter().zip(&other.records) {
+            assert!(
+                (a.loss - b.loss).abs() <= 1e-4 * a.loss.abs(),
+                "loss {} vs {} ({what})",
+                a.loss,
+                b.loss
+            );
+        }
     }
     let read = |p: &PathBuf| cm_io::read_tensors(p).unwrap();
     let (a, b) = (
