@@ -113,8 +113,8 @@ fn main() -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     for s in &students {
         anyhow::ensure!(
-            s.file.is_file(),
-            "--student: {} is not a file",
+            s.file.is_file() || s.file.join("config.json").is_file(),
+            "--student: {} is neither a LoRA file nor a UNet folder (with config.json)",
             s.file.display()
         );
     }
