@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use burn::backend::Autodiff;
+use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use cm_losses::Loss;
@@ -237,7 +238,11 @@ fn two_data_parallel_peers_equal_one_process_with_the_whole_batch() {
     let start = base(32);
     let (sender, receiver) = std::sync::mpsc::channel();
     for id in 0..2usize {
-        let student = start.clone();
+        // Each peer gets its own autodiff leaves (as `run_on_devices` and `train_on_peers` do):
+        // clones of one autodiff module share leaf nodes, and Burn's autodiff merges the graphs
+        // of threads that share a node, so one peer's backward could take the other's gradients
+        // (seen as an all-reduce shape mismatch or a hang in ~4% of loaded runs).
+        let student = MlpDenoiser::<A>::from_inner(start.valid());
         let sender = sender.clone();
         std::thread::spawn(move || {
             let device = Default::default();
