@@ -147,6 +147,30 @@ pub fn deterministic_ids<B: AutodiffBackend, M: Module<B>>(module: M) -> M {
     })
 }
 
+/// A parameter of `like`'s shape, device, dtype and `require_grad`, drawn on the host (`draw`
+/// per element, from a generator keyed by `(seed, path)`).
+fn host_drawn<B: Backend, const D: usize>(
+    like: &Tensor<B, D>,
+    seed: u64,
+    path: &str,
+    draw: impl Fn(&mut rand::rngs::Xoshiro256PlusPlus) -> f32,
+) -> Tensor<B, D> {
+    let dims = like.dims();
+    let mut rng = crate::draws::generator(seed, &[path_id(path).val()]);
+    let values: Vec<f32> = (0..dims.iter().product::<usize>())
+        .map(|_| draw(&mut rng))
+        .collect();
+    Tensor::<B, D>::from_data(TensorData::new(values, dims), &like.device())
+        .cast(like.dtype())
+        .set_require_grad(like.is_require_grad())
+}
+
+/// `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`.
+fn uniform_fan_in(fan_in: usize) -> impl Fn(&mut rand::rngs::Xoshiro256PlusPlus) -> f32 {
+    let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+    move |rng| ((rand::RngExt::random::<f64>(rng) * 2.0 - 1.0) * bound) as f32
+}
+
 struct UniformInit<'a> {
     stack: PathStack,
     select: &'a dyn Fn(&str) -> bool,
@@ -174,15 +198,7 @@ impl<B: Backend> ModuleMapper<B> for UniformInit<'_> {
         } else {
             dims[1..].iter().product()
         };
-        let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
-        let mut rng = crate::draws::generator(self.seed, &[path_id(&path).val()]);
-        let values: Vec<f32> = (0..dims.iter().product::<usize>())
-            .map(|_| ((rand::RngExt::random::<f64>(&mut rng) * 2.0 - 1.0) * bound) as f32)
-            .collect();
-        let require_grad = value.is_require_grad();
-        let fresh = Tensor::<B, D>::from_data(TensorData::new(values, dims), &value.device())
-            .cast(value.dtype())
-            .set_require_grad(require_grad);
+        let fresh = host_drawn(&value, self.seed, &path, uniform_fan_in(fan_in));
         self.count += 1;
         Param::from_mapped_value(id, fresh, mapper)
     }
@@ -207,6 +223,98 @@ pub fn reinitialize_uniform<B: Backend, M: Module<B>>(
     let module = module.map(&mut mapper);
     let count = mapper.count;
     (module, count)
+}
+
+struct HostInit {
+    stack: PathStack,
+    seed: u64,
+    /// `(owner path, fan_in)` of the last `Linear` / `Conv2d` weight (its bias comes next).
+    weight_fan_in: Option<(String, usize)>,
+    errors: Vec<String>,
+}
+
+impl<B: Backend> ModuleMapper<B> for HostInit {
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.stack.enter(name, container);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.stack.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let path = self.stack.path("param");
+        let owner = path.rsplit_once('.').map_or("", |(o, _)| o).to_string();
+        let field = self.stack.names.last().cloned().unwrap_or_default();
+        let container = self.stack.containers.last().cloned().unwrap_or_default();
+        let (id, value, mapper) = param.consume();
+        let dims = value.dims();
+        let fresh = match (container.as_str(), field.as_str()) {
+            ("Struct:Linear" | "Struct:Conv2d", "weight") => {
+                // Burn's Linear weight is [in, out]; a conv weight is [out, in / groups, kh, kw].
+                let fan_in = if container == "Struct:Linear" {
+                    dims[0]
+                } else {
+                    dims[1..].iter().product()
+                };
+                self.weight_fan_in = Some((owner, fan_in));
+                host_drawn(&value, self.seed, &path, uniform_fan_in(fan_in))
+            }
+            ("Struct:Linear" | "Struct:Conv2d", "bias") => match &self.weight_fan_in {
+                Some((weight_owner, fan_in)) if *weight_owner == owner => {
+                    host_drawn(&value, self.seed, &path, uniform_fan_in(*fan_in))
+                }
+                _ => {
+                    self.errors
+                        .push(format!("{path}: a bias met before its layer's weight"));
+                    value
+                }
+            },
+            ("Struct:Embedding", "weight") => host_drawn(&value, self.seed, &path, |rng| {
+                rand_distr::Distribution::<f32>::sample(&rand_distr::StandardNormal, rng)
+            }),
+            _ => {
+                let values: Vec<f32> = value
+                    .clone()
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .expect("f32 values");
+                if values.iter().any(|v| v.to_bits() != values[0].to_bits()) {
+                    self.errors.push(format!(
+                        "{path} ({container}): randomly initialised, but not a Linear, Conv2d or \
+                         Embedding parameter, so its distribution is unknown"
+                    ));
+                }
+                value
+            }
+        };
+        Param::from_mapped_value(id, fresh, mapper)
+    }
+}
+
+/// Draws every randomly initialised parameter of a freshly built module again, on the host, from
+/// `(seed, path)`, with the distribution of Burn's default initialiser for it: `Linear` and
+/// `Conv2d` weights and biases `U(-1/sqrt(fan_in), 1/sqrt(fan_in))` (Burn's `KaimingUniform` with
+/// gain `1/sqrt(3)`, which is also PyTorch's default), `Embedding` weights `N(0, 1)`. Every other
+/// parameter must hold a constant (norm scales and shifts) and is kept. So a model trained from
+/// scratch starts from a function of its seed, whatever else draws from the backend's global RNG
+/// meanwhile (other threads, other tests of one binary). A randomly initialised parameter of any
+/// other kind is an error naming it.
+pub fn initialize_on_host<B: Backend, M: Module<B>>(module: M, seed: u64) -> Result<M> {
+    let mut mapper = HostInit {
+        stack: PathStack::default(),
+        seed,
+        weight_fan_in: None,
+        errors: Vec::new(),
+    };
+    let module = module.map(&mut mapper);
+    if mapper.errors.is_empty() {
+        Ok(module)
+    } else {
+        Err(TrainError::Invalid(format!(
+            "cannot initialise on the host: {}",
+            mapper.errors.join("; ")
+        )))
+    }
 }
 
 struct Values<'a> {

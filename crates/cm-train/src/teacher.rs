@@ -30,6 +30,7 @@ use crate::draws::{generator, DrawSpec, GuidanceDraw, StepDraws};
 use crate::error::{Result, TrainError};
 use crate::lr::{LrDecay, LrSchedule};
 use crate::parallel::train_on_peers;
+use crate::params::initialize_on_host;
 use crate::step::StepBatch;
 use crate::trainer::{AdamWSettings, BatchSource, LoopSettings, TargetNetwork, Trainer};
 
@@ -511,6 +512,11 @@ fn read_json(dir: &Path, name: &str) -> Result<serde_json::Value> {
         .map_err(|e| TrainError::Invalid(format!("{}: not valid JSON: {e}", path.display())))
 }
 
+/// Seed streams of the three modules' initial values (xor-ed into the recipe's seed).
+const VAE_STREAM: u64 = 0x5AE0;
+const TEXT_ENCODER_STREAM: u64 = 0x7E47;
+const UNET_STREAM: u64 = 0x0E70;
+
 /// Trains a teacher with `recipe`; `progress` gets `(phase, step, total, loss)` after each step and
 /// `snapshot` the teacher as it stands every `recipe.snapshot_every` UNet steps (so a long run that
 /// is interrupted still leaves a usable pipeline behind). With `recipe.resume_from` the VAE,
@@ -573,9 +579,18 @@ pub fn train_teacher<A: AutodiffBackend>(
             let vae_config: VaeConfig = json_config(&vae_json, "vae/config.json")?;
             let unet_config: UNetConfig = json_config(&unet_json, "unet/config.json")?;
             let text_config: ClipTextConfig = json_config(&text_json, "text_encoder/config.json")?;
-            let student = || TextUNet {
-                text_encoder: text_config.init::<A>(device),
-                unet: unet_config.init::<A>(device),
+            // Initial values drawn on the host from the recipe's seed (one stream per module).
+            let student = || -> Result<TextUNet<A>> {
+                Ok(TextUNet {
+                    text_encoder: initialize_on_host(
+                        text_config.init::<A>(device),
+                        recipe.seed ^ TEXT_ENCODER_STREAM,
+                    )?,
+                    unet: initialize_on_host(
+                        unet_config.init::<A>(device),
+                        recipe.seed ^ UNET_STREAM,
+                    )?,
+                })
             };
             if let Some(dir) = &recipe.vae_from {
                 // 1''. A trained VAE from another pipeline folder; the UNet's sample_size follows it.
@@ -605,10 +620,11 @@ pub fn train_teacher<A: AutodiffBackend>(
                 }
                 let mut unet_json = unet_json;
                 unet_json["sample_size"] = serde_json::json!(latent_side);
-                (vae, student(), vae_json, unet_json, text_json)
+                (vae, student()?, vae_json, unet_json, text_json)
             } else {
-                // 1. The VAE (initial values from the backend RNG, seeded by the recipe).
-                let vae = vae_config.init::<A>(device);
+                // 1. The VAE (initial values drawn on the host from the recipe's seed).
+                let vae =
+                    initialize_on_host(vae_config.init::<A>(device), recipe.seed ^ VAE_STREAM)?;
                 let vae = train_on_peers::<A, AutoencoderKL<A>, _, _, TextUNet<A::InnerBackend>, 2>(
                     recipe.peers,
                     recipe.batch,
@@ -631,7 +647,7 @@ pub fn train_teacher<A: AutodiffBackend>(
                         Ok(())
                     },
                 )?;
-                (vae, student(), vae_json, unet_json, text_json)
+                (vae, student()?, vae_json, unet_json, text_json)
             }
         }
     };
