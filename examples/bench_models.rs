@@ -66,6 +66,10 @@ struct Args {
     /// Float type of the weights and activations: f32, or f16/bf16 on CUDA.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Threads a UNet call's batch is split over (`UNet2DConditionModel::forward_split`; the
+    /// batch-2 rows and sampling): 2 fills a second CPU core.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    threads: u32,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -90,13 +94,15 @@ fn time<B: Backend>(runs: usize, device: &B::Device, mut f: impl FnMut()) -> f64
 
 fn unet_forward<B: Backend>(
     unet: &UNet2DConditionModel<B>,
+    threads: usize,
     batch: usize,
     size: usize,
     context_dim: usize,
     device: &B::Device,
 ) {
     let out = unet
-        .forward(
+        .forward_split(
+            threads,
             Tensor::ones([batch, 4, size, size], device),
             &vec![500.0; batch],
             Tensor::ones([batch, 77, context_dim], device),
@@ -134,6 +140,7 @@ fn random_sd15<B: Backend>(device: &B::Device) -> anyhow::Result<StableDiffusion
 fn run_row<B: Backend>(
     name: &str,
     runs: usize,
+    threads: usize,
     device: &B::Device,
 ) -> anyhow::Result<(&'static str, String, f64, String)> {
     Ok(match name {
@@ -143,7 +150,9 @@ fn run_row<B: Backend>(
                 "/tests/fixtures/tiny-sd/unet/config.json"
             ))?;
             let unet = config.init::<B>(device);
-            let t = time::<B>(runs, device, || unet_forward(&unet, 1, 16, 32, device));
+            let t = time::<B>(runs, device, || {
+                unet_forward(&unet, threads, 1, 16, 32, device)
+            });
             ("tiny UNet (fixture)", "1x4x16x16".into(), t, String::new())
         }
         "te" => {
@@ -163,7 +172,7 @@ fn run_row<B: Backend>(
             let batch = if name.ends_with("x2") { 2 } else { 1 };
             let unet = UNetConfig::sd15().init::<B>(device);
             let t = time::<B>(runs, device, || {
-                unet_forward(&unet, batch, size, 768, device)
+                unet_forward(&unet, threads, batch, size, 768, device)
             });
             (
                 "SD1.5 UNet",
@@ -198,6 +207,7 @@ fn run_row<B: Backend>(
                 height: 512,
                 width: 512,
                 images_per_prompt: 1,
+                threads,
                 ..Default::default()
             };
             let t = time::<B>(runs, device, || {
@@ -231,19 +241,20 @@ fn run_all<B: Backend>(args: &Args, rows: &[String]) -> anyhow::Result<()> {
     let runs = args.runs as usize;
     let memory = PeakMemory::start();
     println!(
-        "backend: {}, dtype {}, threads: {}, runs: {runs} (median); memory: {}",
+        "backend: {}, dtype {}, cores: {}, UNet batch split over {} thread(s), runs: {runs} (median); memory: {}",
         backend::describe(),
         args.dtype,
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
+        args.threads,
         memory.describe()
     );
     println!("| model | input | median (s) | peak memory | note |");
     println!("|---|---|---|---|---|");
     for name in rows {
         memory.reset::<B>(&device);
-        let (label, input, t, note) = run_row::<B>(name, runs, &device)?;
+        let (label, input, t, note) = run_row::<B>(name, runs, args.threads as usize, &device)?;
         let peak = memory.peak_bytes().map_or("-".into(), human);
         println!("| {label} | {input} | {t:.4} | {peak} | {note} |");
     }

@@ -54,6 +54,9 @@ struct Args {
     /// Images per sampling call.
     #[arg(long, default_value_t = 50)]
     batch: usize,
+    /// Threads each UNet call's batch is split over (default: 2 on a multi-core CPU, 1 on a GPU).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    threads: Option<u32>,
     /// Also write the table (Markdown) here, and a PNG of each row's first 10 images next to it.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -130,6 +133,9 @@ fn main() -> anyhow::Result<()> {
         .teacher
         .clone()
         .unwrap_or_else(consistency_models::train::teacher::demo_teacher_dir);
+    let threads = args
+        .threads
+        .map_or_else(backend::inference_threads, |n| n as usize);
     backend::guard_device(|| {
         let device = backend::device();
         let sd =
@@ -141,7 +147,7 @@ fn main() -> anyhow::Result<()> {
             image_frechet_distance(&real_images(&labels, side, REFERENCE_SEEDS[1]), &reference);
         let mut lines = vec![
             format!(
-                "{} prompt x seed pairs at {side} px, teacher {}; Fréchet floor (two real sets): {floor:.4}\n",
+                "{} prompt x seed pairs at {side} px, teacher {}, UNet batches split over {threads} thread(s); Fréchet floor (two real sets): {floor:.4}\n",
                 labels.len(),
                 teacher.display()
             ),
@@ -180,6 +186,7 @@ fn main() -> anyhow::Result<()> {
                 &labels,
                 &reference,
                 args.batch,
+                threads,
                 &device,
             )?;
             report(row, &mut lines);
@@ -221,6 +228,7 @@ fn main() -> anyhow::Result<()> {
                 &labels,
                 &reference,
                 args.batch,
+                threads,
                 &device,
             )?;
             report(row, &mut lines);

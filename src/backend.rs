@@ -52,6 +52,17 @@ pub fn peers_per_device(
     }
 }
 
+/// Threads a sampling call splits each UNet batch over (`SampleOptions::threads`) on the
+/// compiled backend: on the CPU one per core, at most 2 (Burn-flex runs most of a forward pass on
+/// one core; see `UNet2DConditionModel::forward_split`); on a GPU 1.
+pub fn inference_threads() -> usize {
+    if cfg!(feature = "cuda") {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 2))
+    }
+}
+
 /// A one-line description of the compiled backend, for logs.
 pub fn describe() -> &'static str {
     if cfg!(feature = "cuda") {

@@ -61,6 +61,10 @@ pub struct SampleArgs {
     /// Images per prompt.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub batch: u32,
+    /// Threads each UNet call's batch (with CFG, `[uncond; cond]`) is split over (default: 2 on a
+    /// multi-core CPU, 1 on a GPU).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub threads: Option<u32>,
     /// Image height in pixels (default: the UNet's sample_size times the VAE factor).
     #[arg(long, value_name = "PX")]
     pub height: Option<u64>,
@@ -279,6 +283,9 @@ fn run(
         height,
         width,
         images_per_prompt: args.batch as usize,
+        threads: args
+            .threads
+            .map_or_else(crate::backend::inference_threads, |n| n as usize),
         ..Default::default()
     };
     let init = match &args.init_latents {

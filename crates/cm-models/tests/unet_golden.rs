@@ -304,3 +304,67 @@ impl TensorCount for UNet2DConditionModel<B> {
         c.0
     }
 }
+
+#[test]
+fn a_batch_split_over_threads_gives_the_same_output_and_the_same_errors() {
+    let dir = fixtures().join("tiny-unet-cond-proj");
+    let (loaded, _, _) =
+        UNet2DConditionModel::<B>::from_folder(&dir, WeightVariant::Full, DType::F32, &device())
+            .unwrap();
+    // And a freshly initialised one, whose lazy parameters must not be drawn once per thread.
+    let fresh = UNetConfig::from_json_file(dir.join("config.json"))
+        .unwrap()
+        .init::<B>(&device());
+    for unet in [loaded, fresh] {
+        split_matches_whole(&unet);
+    }
+}
+
+fn split_matches_whole(unet: &UNet2DConditionModel<B>) {
+    use burn::tensor::Distribution;
+    let d = device();
+    let sample = Tensor::<B, 4>::random([3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &d);
+    let context = Tensor::<B, 3>::random([3, 7, 32], Distribution::Normal(0.0, 1.0), &d);
+    let cond = Tensor::<B, 2>::random([3, 256], Distribution::Normal(0.0, 1.0), &d);
+    let ts = [10.0, 500.0, 999.0];
+    // The split calls first: on a fresh module they are the first to touch its parameters.
+    // Two parts (2 + 1 examples), and more parts than examples (one per example).
+    let split: Vec<TensorData> = [2, 5]
+        .into_iter()
+        .map(|parts| {
+            unet.forward_split(
+                parts,
+                sample.clone(),
+                &ts,
+                context.clone(),
+                Some(cond.clone()),
+            )
+            .unwrap()
+            .into_data()
+        })
+        .collect();
+    let whole = unet
+        .forward(sample.clone(), &ts, context.clone(), Some(cond.clone()))
+        .unwrap()
+        .into_data();
+    for (parts, split) in [2, 5].into_iter().zip(&split) {
+        assert_eq!(split.shape, whole.shape);
+        let error = relative_error(split, &whole);
+        assert!(error < 1e-5, "{parts} parts: rel. error {error}");
+    }
+    // Bad input is refused before any thread starts, with forward's message.
+    let expected = unet
+        .forward(
+            sample.clone(),
+            &ts[..2],
+            context.clone(),
+            Some(cond.clone()),
+        )
+        .unwrap_err()
+        .to_string();
+    let err = unet
+        .forward_split(2, sample, &ts[..2], context, Some(cond))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, expected);
+}

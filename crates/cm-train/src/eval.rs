@@ -55,8 +55,9 @@ pub struct EvalRow {
     pub images: Vec<image::RgbImage>,
 }
 
-/// Samples `labels` (batches of `batch`) with `unet`, judges the images and measures their Fréchet
-/// distance to `reference` (real images of the same captions).
+/// Samples `labels` (batches of `batch`, each UNet call split over `threads` threads) with `unet`,
+/// judges the images and measures their Fréchet distance to `reference` (real images of the same
+/// captions).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate<B: Backend>(
     name: &str,
@@ -69,6 +70,7 @@ pub fn evaluate<B: Backend>(
     labels: &[ShapeLabel],
     reference: &[image::RgbImage],
     batch: usize,
+    threads: usize,
     device: &B::Device,
 ) -> Result<EvalRow> {
     let size = sd.unet_config.sample_size.unwrap_or(8) * sd.vae_scale_factor();
@@ -85,6 +87,7 @@ pub fn evaluate<B: Backend>(
             height: size,
             width: size,
             images_per_prompt: 1,
+            threads,
             ..Default::default()
         };
         let mut noise = HostNoise::new(crate::draws::stream_seed(EVAL_SEED, &[chunk_index as u64]));

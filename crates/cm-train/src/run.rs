@@ -489,7 +489,14 @@ fn run_peer<A: AutodiffBackend>(
     };
 
     // 6. The session.
-    let mut hooks = Validation::new(config, &sd, &scheduler_config, resolution, out.clone())?;
+    let mut hooks = Validation::new(
+        config,
+        &sd,
+        &scheduler_config,
+        resolution,
+        out.clone(),
+        plan.split,
+    )?;
     let records = session::run(
         &mut trainer,
         source.as_mut(),
@@ -634,6 +641,8 @@ struct Validation<'a, B: Backend> {
     size: usize,
     teacher_guidance: f32,
     student_columns: Vec<(SamplerKind, usize)>,
+    /// Threads of each sampling call's UNet batch (the run's peers per device).
+    threads: usize,
     teacher_cells: Option<Vec<image::RgbImage>>,
     out: PathBuf,
     /// The prompts' labels when every prompt is a captioned-shapes caption.
@@ -649,6 +658,7 @@ impl<'a, B: Backend> Validation<'a, B> {
         scheduler: &SchedulerConfig,
         resolution: u32,
         out: PathBuf,
+        threads: usize,
     ) -> Result<Self> {
         let teacher_guidance = match config.consistency.guidance {
             GuidanceDraw::Fixed(w) => w,
@@ -679,6 +689,7 @@ impl<'a, B: Backend> Validation<'a, B> {
                 teacher_guidance
             },
             student_columns,
+            threads,
             teacher_cells: None,
             out,
             labels: config
@@ -708,6 +719,7 @@ impl<'a, B: Backend> Validation<'a, B> {
                 height: self.size,
                 width: self.size,
                 images_per_prompt: 1,
+                threads: self.threads,
                 ..Default::default()
             };
             let mut noise = HostNoise::new(crate::draws::stream_seed(self.seed, &[i as u64]));

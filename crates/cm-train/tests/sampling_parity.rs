@@ -80,26 +80,32 @@ fn run(
 fn ddim_4_steps_cfg_7_5_matches_diffusers() {
     let sd = tiny();
     let g = golden("pipeline_ddim.safetensors");
-    let init = Tensor::from_data(g["init_latents"].clone(), &Default::default());
-    let out = run(
-        &sd,
-        &scheduler("ddim"),
-        &options(SamplerKind::Ddim, 7.5),
-        Some(init),
-        &mut SeededNoise,
-    );
-    let timesteps: Vec<i64> = g["timesteps"].clone().convert::<i64>().to_vec().unwrap();
-    assert_eq!(
-        out.timesteps.iter().map(|&t| t as i64).collect::<Vec<_>>(),
-        timesteps
-    );
-    let e_latents = relative_error(&out.latents.into_data(), &g["final_latents"]);
-    let e_image = relative_error(&out.images.into_data(), &g["image"]);
-    println!("DDIM parity: latents {e_latents:e}, image {e_image:e}");
-    assert!(
-        e_latents < 1e-3 && e_image < 1e-3,
-        "latents {e_latents}, image {e_image}"
-    );
+    // One thread, and the CFG batch [uncond; cond] split over two.
+    for threads in [1, 2] {
+        let init = Tensor::from_data(g["init_latents"].clone(), &Default::default());
+        let out = run(
+            &sd,
+            &scheduler("ddim"),
+            &SampleOptions {
+                threads,
+                ..options(SamplerKind::Ddim, 7.5)
+            },
+            Some(init),
+            &mut SeededNoise,
+        );
+        let timesteps: Vec<i64> = g["timesteps"].clone().convert::<i64>().to_vec().unwrap();
+        assert_eq!(
+            out.timesteps.iter().map(|&t| t as i64).collect::<Vec<_>>(),
+            timesteps
+        );
+        let e_latents = relative_error(&out.latents.into_data(), &g["final_latents"]);
+        let e_image = relative_error(&out.images.into_data(), &g["image"]);
+        println!("DDIM parity ({threads} thread(s)): latents {e_latents:e}, image {e_image:e}");
+        assert!(
+            e_latents < 1e-3 && e_image < 1e-3,
+            "{threads} thread(s): latents {e_latents}, image {e_image}"
+        );
+    }
 }
 
 #[test]

@@ -4,6 +4,7 @@ mod blocks;
 mod config;
 mod loading;
 mod model;
+mod split;
 
 pub use blocks::{DownBlock, MidBlock, UpBlock};
 pub use config::{PerBlock, UNetConfig};

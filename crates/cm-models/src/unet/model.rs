@@ -213,7 +213,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
             .forward(silu(group_norm(&self.conv_norm_out, h))))
     }
 
-    fn check_inputs(
+    pub(super) fn check_inputs(
         &self,
         sample: &Tensor<B, 4>,
         timesteps: &[f32],
