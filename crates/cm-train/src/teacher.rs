@@ -133,6 +133,49 @@ impl<B: AutodiffBackend, G, T> Objective<B, AutoencoderKL<B>, G, T, 2> for VaeOb
     }
 }
 
+/// The decoder objective of [`TeacherRecipe::decoder_steps`] (encoder frozen):
+/// `mean((decode(z) - x)^2)` with `z = mean + std * eps`, `eps` from the step's draws exactly as
+/// in [`VaeObjective`] (so the same training as `VaeObjective { kl_weight: 0 }` on the frozen
+/// encoder), but the posterior comes from the batch ([`PosteriorSource`]: computed once for every
+/// image), so a step runs the decoder alone.
+#[derive(Debug, Clone, Copy)]
+pub struct DecoderObjective {
+    /// `[c, h, w]` of a latent.
+    pub latent: [usize; 3],
+}
+
+impl<B: AutodiffBackend, G, T> Objective<B, AutoencoderKL<B>, G, T, 2> for DecoderObjective {
+    fn loss(
+        &self,
+        vae: &AutoencoderKL<B>,
+        _target: &G,
+        _teacher: Option<&T>,
+        batch: &StepBatch<B::InnerBackend, 2>,
+        draws: &StepDraws<B::InnerBackend>,
+    ) -> Result<Tensor<B, 1>> {
+        let images = Tensor::<B, 4>::from_inner(batch.x0.clone());
+        let n = images.dims()[0];
+        let [c, h, w] = self.latent;
+        let l = c * h * w;
+        let posterior = batch.condition.clone();
+        let mean = posterior.clone().narrow(1, 0, l).reshape([n, c, h, w]);
+        let std = posterior.narrow(1, l, l).reshape([n, c, h, w]);
+        // The latent noise: the first c*h*w of the example's (image-shaped) draw.
+        let eps = draws
+            .noise
+            .clone()
+            .reshape([n as i32, -1])
+            .narrow(1, 0, l)
+            .reshape([n, c, h, w]);
+        let z = Tensor::<B, 4>::from_inner(mean + std * eps);
+        Ok((vae.decode(z) - images).powi_scalar(2).mean())
+    }
+
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// The VAE with gradients on the decoder and `post_quant_conv` only (the decoder phase of
 /// [`TeacherRecipe::decoder_steps`]; a loaded VAE's parameters come without gradients, a new
 /// one's all with them).
@@ -224,6 +267,46 @@ impl<B: Backend> BatchSource<B, 2> for ImageSource<'_> {
             x0: Tensor::from_data(TensorData::new(pixels, [n, 3, side, side]), device),
             condition: Tensor::zeros([n, 1], device),
             uncondition: Tensor::zeros([n, 1], device),
+        })
+    }
+}
+
+/// Decoder batches: example `e` of step `k` is image `U(seed, k, e)` of the 360 (`x0`) with its
+/// frozen posterior as the condition: `[batch, 2 * c * h * w]`, the means then the stds (unscaled).
+pub struct PosteriorSource<'a> {
+    /// The images.
+    pub images: &'a ShapeImages,
+    /// `[n * latent]` posterior means (unscaled), image by image.
+    pub means: &'a [f32],
+    /// `[n * latent]` posterior stds (unscaled).
+    pub stds: &'a [f32],
+    /// Seed.
+    pub seed: u64,
+}
+
+impl<B: Backend> BatchSource<B, 2> for PosteriorSource<'_> {
+    fn batch(
+        &mut self,
+        step: u64,
+        examples: std::ops::Range<usize>,
+        device: &B::Device,
+    ) -> Result<StepBatch<B, 2>> {
+        let n = examples.len();
+        let count = self.images.labels.len();
+        let l = self.means.len() / count;
+        let side = self.images.side;
+        let mut pixels = Vec::with_capacity(n * 3 * side * side);
+        let mut posterior = Vec::with_capacity(n * 2 * l);
+        for e in examples {
+            let i = pick(self.seed, step, e, count);
+            pixels.extend_from_slice(self.images.image(i));
+            posterior.extend_from_slice(&self.means[i * l..(i + 1) * l]);
+            posterior.extend_from_slice(&self.stds[i * l..(i + 1) * l]);
+        }
+        Ok(StepBatch {
+            x0: Tensor::from_data(TensorData::new(pixels, [n, 3, side, side]), device),
+            condition: Tensor::from_data(TensorData::new(posterior, [n, 2 * l]), device),
+            uncondition: Tensor::zeros([n, 2 * l], device),
         })
     }
 }
@@ -652,7 +735,22 @@ pub fn train_teacher<A: AutodiffBackend>(
         }
     };
 
-    // 1b. More decoder training (encoder frozen: the latents below do not change).
+    // 1b. The posterior of every image under the (from now on frozen) encoder: the decoder phase
+    //     draws from it, and its means give the latents of phase 3.
+    let n = images.labels.len();
+    let side = images.side;
+    let all = Tensor::<A::InnerBackend, 4>::from_data(
+        TensorData::new(images.pixels.clone(), [n, 3, side, side]),
+        device,
+    );
+    let posterior = vae.encode(all)?;
+    let [_, c, h, w] = posterior.mean.dims();
+    let host = |t: Tensor<A::InnerBackend, 4>| -> Vec<f32> {
+        t.into_data().convert::<f32>().to_vec().expect("f32")
+    };
+    let (means, stds) = (host(posterior.mean.clone()), host(posterior.std()));
+
+    // 1c. More decoder training (encoder frozen: the latents do not change), the decoder alone.
     let mut decoder_losses = Vec::new();
     if recipe.decoder_steps > 0 {
         vae = train_on_peers::<A, AutoencoderKL<A>, _, _, TextUNet<A::InnerBackend>, 2>(
@@ -671,11 +769,13 @@ pub fn train_teacher<A: AutodiffBackend>(
                         1000,
                         0.0,
                     ),
-                    VaeObjective { kl_weight: 0.0 },
+                    DecoderObjective { latent: [c, h, w] },
                 )
             },
-            &|| ImageSource {
+            &|| PosteriorSource {
                 images: &images,
+                means: &means,
+                stds: &stds,
                 seed: recipe.seed ^ 0xDEC0,
             },
             &mut |_, r| {
@@ -688,26 +788,6 @@ pub fn train_teacher<A: AutodiffBackend>(
 
     // 2. Latents of the 360 images and (for a new VAE) the scaling factor that gives them unit
     //    variance.
-    let n = images.labels.len();
-    let side = images.side;
-    let all = Tensor::<A::InnerBackend, 4>::from_data(
-        TensorData::new(images.pixels.clone(), [n, 3, side, side]),
-        device,
-    );
-    let posterior = vae.encode(all)?;
-    let means: Vec<f32> = posterior
-        .mean
-        .clone()
-        .into_data()
-        .convert::<f32>()
-        .to_vec()
-        .expect("f32");
-    let stds: Vec<f32> = posterior
-        .std()
-        .into_data()
-        .convert::<f32>()
-        .to_vec()
-        .expect("f32");
     let mut vae_json = vae_json;
     if recipe.resume_from.is_none() && recipe.vae_from.is_none() {
         let var = means.iter().map(|m| (*m as f64).powi(2)).sum::<f64>() / means.len() as f64;
@@ -715,7 +795,6 @@ pub fn train_teacher<A: AutodiffBackend>(
         vae_json["scaling_factor"] = serde_json::json!(vae.scaling_factor);
     }
     let scaling = vae.scaling_factor as f32;
-    let [_, c, h, w] = posterior.mean.dims();
     let tokenizer = ClipTokenizer::sd15()?;
     let ids: Vec<f32> = images
         .labels
