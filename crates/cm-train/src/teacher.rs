@@ -83,6 +83,17 @@ impl<B: Backend> Denoiser<B, 2> for TextUNet<B> {
     }
 }
 
+/// The latent noise of a VAE step: the first `c * h * w` values of each example's (image-shaped)
+/// draw, as `[n, c, h, w]`.
+fn latent_noise<B: Backend>(draws: &StepDraws<B>, [n, c, h, w]: [usize; 4]) -> Tensor<B, 4> {
+    draws
+        .noise
+        .clone()
+        .reshape([n as i32, -1])
+        .narrow(1, 0, c * h * w)
+        .reshape([n, c, h, w])
+}
+
 /// The VAE objective: `mean((decode(z) - x)^2) + kl_weight * KL(q(z|x) || N(0, I))` with
 /// `z = mean + std * eps` (eps from the step's draws, so the step is reproducible).
 #[derive(Debug, Clone, Copy)]
@@ -102,14 +113,7 @@ impl<B: AutodiffBackend, G, T> Objective<B, AutoencoderKL<B>, G, T, 2> for VaeOb
     ) -> Result<Tensor<B, 1>> {
         let images = Tensor::<B, 4>::from_inner(batch.x0.clone());
         let posterior = vae.encode(images.clone())?;
-        let [n, c, h, w] = posterior.mean.dims();
-        // The latent noise: the first c*h*w of the example's (image-shaped) draw.
-        let eps = draws
-            .noise
-            .clone()
-            .reshape([n as i32, -1])
-            .narrow(1, 0, c * h * w)
-            .reshape([n, c, h, w]);
+        let eps = latent_noise(draws, posterior.mean.dims());
         let z = posterior.sample_with(Tensor::from_inner(eps));
         let reconstruction = vae.decode(z);
         let mse = (reconstruction - images).powi_scalar(2).mean();
@@ -160,13 +164,7 @@ impl<B: AutodiffBackend, G, T> Objective<B, AutoencoderKL<B>, G, T, 2> for Decod
         let posterior = batch.condition.clone();
         let mean = posterior.clone().narrow(1, 0, l).reshape([n, c, h, w]);
         let std = posterior.narrow(1, l, l).reshape([n, c, h, w]);
-        // The latent noise: the first c*h*w of the example's (image-shaped) draw.
-        let eps = draws
-            .noise
-            .clone()
-            .reshape([n as i32, -1])
-            .narrow(1, 0, l)
-            .reshape([n, c, h, w]);
+        let eps = latent_noise(draws, [n, c, h, w]);
         let z = Tensor::<B, 4>::from_inner(mean + std * eps);
         Ok((vae.decode(z) - images).powi_scalar(2).mean())
     }
