@@ -22,7 +22,18 @@ pub use transformer_2d::{
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
 use cm_lora::LoraConv2d;
+
+/// `t` with a contiguous layout (the same values). Burn-flex's element-wise kernels walk a strided
+/// view (a slice of the last dimension, a transpose) one element at a time, once per op that reads
+/// it; a reshape to 1-D cannot be a view of such a tensor, so Burn-flex copies it contiguous first
+/// (its tiled copy when the view collapses to 2-D), and back to `D` dimensions is then free. Used
+/// where a strided view feeds several element-wise ops. On a contiguous tensor it is a no-op.
+pub fn contiguous<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    let dims = t.dims();
+    t.reshape([dims.iter().product::<usize>()]).reshape(dims)
+}
 
 /// A `k x k` convolution with stride 1 and "same" padding `k / 2` (diffusers' conv3x3 / conv1x1).
 pub fn conv2d<B: Backend>(

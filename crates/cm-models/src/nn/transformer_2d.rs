@@ -63,15 +63,8 @@ impl<B: Backend> FeedForward<B> {
             FeedForwardLayer::Geglu(geglu) => {
                 let projected = geglu.proj.forward(x);
                 let [hidden, gate] = projected.chunk(2, 2).try_into().expect("two halves");
-                // Each half is a strided view (rows of `inner` values, `2 * inner` apart), which
-                // Burn-flex's element-wise kernels walk one element at a time. A reshape to 1-D
-                // cannot be a view of it, so it copies it contiguous first, and that copy is the
-                // fast 2-D tiled one; back to 3-D is then free.
-                let contiguous = |t: Tensor<B, 3>| {
-                    let dims = t.dims();
-                    t.reshape([dims.iter().product::<usize>()]).reshape(dims)
-                };
-                contiguous(hidden) * gelu(contiguous(gate))
+                // Each half is a strided view (rows of `inner` values, `2 * inner` apart).
+                super::contiguous(hidden) * gelu(super::contiguous(gate))
             }
             FeedForwardLayer::Dropout(dropout) => dropout.forward(x),
             FeedForwardLayer::Linear(linear) => linear.forward(x),
