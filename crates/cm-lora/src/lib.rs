@@ -21,6 +21,7 @@ mod config;
 mod conv;
 mod error;
 mod factors;
+pub mod flex;
 pub mod formats;
 mod linear;
 mod module_impl;
@@ -28,6 +29,7 @@ mod ops;
 mod session;
 pub mod shifted_conv;
 mod targets;
+pub mod tracked_conv;
 mod weights;
 
 pub use adapter::{AdapterMeta, LayerInfo};

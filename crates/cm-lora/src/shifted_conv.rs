@@ -23,7 +23,11 @@ use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::PadMode;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use burn_flex::FlexTensor;
+
+use crate::flex::{cast, is_flex, kernels_disabled, values};
+use crate::tracked_conv::{conv2d_tracked, tracked_conv_applies};
 
 /// `conv2d(x, weight, bias)` with stride 1, dilation 1, one group and `padding` zero pixels on each
 /// side, as one GEMM over the concatenated shifted windows of the padded input (module docs).
@@ -40,12 +44,55 @@ pub fn conv2d_shifted_windows<B: Backend>(
     bias: Option<Tensor<B, 1>>,
     padding: [usize; 2],
 ) -> Tensor<B, 4> {
-    let [batch, c_in, h, w] = x.dims();
+    let [batch, _, _, _] = x.dims();
     let [c_out, w_in, kh, kw] = weight.dims();
+    let ShiftedColumns {
+        columns,
+        h_out,
+        w_out,
+        wp,
+    } = shifted_columns(x, w_in, [kh, kw], padding);
+    // 3. One product with the kernel as it is stored (`[out, in * kh * kw]`, no re-ordering).
+    let mut out = weight.reshape([1, c_out, w_in * kh * kw]).matmul(columns);
+    if let Some(bias) = bias {
+        out = out + bias.reshape([1, c_out, 1]);
+    }
+    // 4. Crop the padded width (the reshape to 3-D copies the view into a contiguous tensor).
+    out.reshape([batch, c_out, h_out, wp])
+        .slice([0..batch, 0..c_out, 0..h_out, 0..w_out])
+        .reshape([batch, c_out, h_out * w_out])
+        .reshape([batch, c_out, h_out, w_out])
+}
+
+/// The im2col matrix of a stride-1 convolution, laid out on the padded width (module docs).
+pub(crate) struct ShiftedColumns<B: Backend> {
+    /// `[batch, in * kh * kw, h_out * wp]`, rows in the kernel's own `(in, ky, kx)` order.
+    pub columns: Tensor<B, 3>,
+    /// Output height and width.
+    pub h_out: usize,
+    pub w_out: usize,
+    /// The padded width: each output row is `wp` columns long, the last `wp - w_out` of them
+    /// outside the image.
+    pub wp: usize,
+}
+
+/// The columns of `x` for a `kernel`-sized, stride-1 convolution with `padding` zero pixels on
+/// each side (steps 1-2 of [`conv2d_shifted_windows`]).
+///
+/// # Panics
+/// If `x` does not have `c_in` channels or the kernel is larger than the padded input.
+pub(crate) fn shifted_columns<B: Backend>(
+    x: Tensor<B, 4>,
+    c_in: usize,
+    kernel: [usize; 2],
+    padding: [usize; 2],
+) -> ShiftedColumns<B> {
+    let [batch, x_in, h, w] = x.dims();
     assert_eq!(
-        c_in, w_in,
-        "conv2d: the input has {c_in} channels, the kernel expects {w_in}"
+        x_in, c_in,
+        "conv2d: the input has {x_in} channels, the kernel expects {c_in}"
     );
+    let [kh, kw] = kernel;
     let [ph, pw] = padding;
     let (hp, wp) = (h + 2 * ph, w + 2 * pw);
     assert!(
@@ -54,6 +101,16 @@ pub fn conv2d_shifted_windows<B: Backend>(
     );
     let (h_out, w_out) = (hp - kh + 1, wp - kw + 1);
 
+    if is_flex::<B>() && x.dtype() == DType::F32 && !kernels_disabled() {
+        let flex: FlexTensor = cast(x.into_primitive().tensor());
+        let columns = flex_columns(&flex, [kh, kw], padding);
+        return ShiftedColumns {
+            columns: Tensor::from_primitive(TensorPrimitive::Float(cast(columns))),
+            h_out,
+            w_out,
+            wp,
+        };
+    }
     // 1. Zero-pad (one extra bottom row, so every tap's window of `h_out * wp` fits) and flatten.
     let rows = hp + 1;
     let flat = x
@@ -72,21 +129,43 @@ pub fn conv2d_shifted_windows<B: Backend>(
                 .slice([0..batch, 0..c_in, 0..1, start..start + len])
         })
         .collect();
-    let columns = Tensor::cat(windows, 2).reshape([batch, c_in * kh * kw, len]);
-    // 3. One product with the kernel as it is stored (`[out, in * kh * kw]`, no re-ordering).
-    let mut out = weight.reshape([1, c_out, c_in * kh * kw]).matmul(columns);
-    if let Some(bias) = bias {
-        out = out + bias.reshape([1, c_out, 1]);
+    ShiftedColumns {
+        columns: Tensor::cat(windows, 2).reshape([batch, c_in * kh * kw, len]),
+        h_out,
+        w_out,
+        wp,
     }
-    // 4. Crop the padded width (the reshape to 3-D copies the view into a contiguous tensor).
-    out.reshape([batch, c_out, h_out, wp])
-        .slice([0..batch, 0..c_out, 0..h_out, 0..w_out])
-        .reshape([batch, c_out, h_out * w_out])
-        .reshape([batch, c_out, h_out, w_out])
+}
+
+/// [`shifted_columns`] on a Burn-flex tensor, written directly: each `(sample, channel)` plane is
+/// zero-padded once into a scratch buffer, then each tap's window of `h_out * wp` values is one
+/// contiguous copy into the columns (the generic path's slices are strided views that Burn-flex's
+/// `cat` first copies contiguous, then copies again: 19% of a decoder training step, `perf`).
+fn flex_columns(x: &FlexTensor, kernel: [usize; 2], padding: [usize; 2]) -> FlexTensor {
+    let [batch, c_in, h, w] = x.layout().shape().dims();
+    let ([kh, kw], [ph, pw]) = (kernel, padding);
+    let (hp, wp) = (h + 2 * ph, w + 2 * pw);
+    let len = (hp - kh + 1) * wp;
+    let input = values(x);
+    // One extra bottom row, so that every window of `len` values fits.
+    let mut padded = vec![0.0f32; (hp + 1) * wp];
+    let mut columns = Vec::with_capacity(batch * c_in * kh * kw * len);
+    for plane in input.chunks_exact(h * w) {
+        for (y, row) in plane.chunks_exact(w).enumerate() {
+            let start = (y + ph) * wp + pw;
+            padded[start..start + w].copy_from_slice(row);
+        }
+        for tap in 0..kh * kw {
+            let start = (tap / kw) * wp + tap % kw;
+            columns.extend_from_slice(&padded[start..start + len]);
+        }
+    }
+    FlexTensor::from_data(TensorData::new(columns, [batch, c_in * kh * kw, len]))
 }
 
 /// `conv.forward(x)`, through [`conv2d_shifted_windows`] where [`prefer_shifted_windows`] says so
-/// and the padding is symmetric (Burn's `Conv2d` otherwise).
+/// and the padding is symmetric, through [`conv2d_tracked`] (its own backward) under
+/// `Autodiff<Flex>` where [`tracked_conv_applies`], Burn's `Conv2d` otherwise.
 /// Batch 1 only: Burn-flex re-orders the kernel once per call, so its cost per image falls with
 /// the batch, and at batch 2 (an SD1.5 CFG pair) both paths measured the same, at batch 16 (the
 /// demo teacher) Burn's faster. Small images only (`h * w <= 8 * out channels`): the kernel
@@ -102,14 +181,22 @@ pub fn conv2d_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B
         }
         _ => None,
     };
+    let bias = || conv.bias.as_ref().map(|b| b.val());
     match padding {
         Some(padding) if prefer_shifted_windows(conv, x.dims(), &x.device()) => {
-            conv2d_shifted_windows(
-                x,
-                conv.weight.val(),
-                conv.bias.as_ref().map(|b| b.val()),
+            conv2d_shifted_windows(x, conv.weight.val(), bias(), padding)
+        }
+        Some(padding)
+            if tracked_conv_applies::<B>(
+                &[x.dtype(), conv.weight.val().dtype()],
+                conv.kernel_size,
                 padding,
-            )
+                conv.stride,
+                conv.dilation,
+                conv.groups,
+            ) && bias().is_none_or(|b| b.dtype() == x.dtype()) =>
+        {
+            conv2d_tracked(x, conv.weight.val(), bias(), padding)
         }
         _ => conv.forward(x),
     }

@@ -4,10 +4,11 @@
 
 use burn::module::Module;
 use burn::nn::LinearConfig;
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use cm_lora::LoraLinear;
+
+use super::silu;
 
 /// Sinusoidal embedding of (possibly fractional) timesteps, equal to diffusers'
 /// `get_timestep_embedding(t, dim, flip_sin_to_cos, downscale_freq_shift, scale=1, max_period=1e4)`.

@@ -4,16 +4,22 @@
 
 mod attention;
 mod embeddings;
+mod flex_kernel;
+mod geglu;
 mod group_norm;
 mod resnet;
 mod sampling;
+mod silu;
 mod transformer_2d;
+pub mod vector_math;
 
 pub use attention::{Attention, AttentionConfig};
 pub use embeddings::{timestep_embedding, TimestepEmbedding, TimestepEmbeddingConfig};
+pub use geglu::geglu;
 pub use group_norm::group_norm;
 pub use resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 pub use sampling::{Downsample2D, Upsample2D};
+pub use silu::silu;
 pub use transformer_2d::{
     BasicTransformerBlock, FeedForward, FeedForwardLayer, Geglu, Projection, Transformer2DModel,
     Transformer2DModelConfig,

@@ -4,12 +4,11 @@
 
 use burn::module::Module;
 use burn::nn::{GroupNorm, GroupNormConfig, LinearConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use cm_lora::{LoraConv2d, LoraLinear};
 
-use super::{conv2d, group_norm};
+use super::{conv2d, group_norm, silu};
 
 /// Hyper-parameters of one [`ResnetBlock2D`].
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -7,7 +7,6 @@ use burn::module::Module;
 use burn::nn::{
     Dropout, DropoutConfig, GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, LinearConfig,
 };
-use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use cm_lora::{LoraConv2d, LoraLinear};
@@ -60,12 +59,7 @@ impl<B: Backend> FeedForward<B> {
     /// `[batch, tokens, dim]` -> same.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         self.net.iter().fold(x, |x, layer| match layer {
-            FeedForwardLayer::Geglu(geglu) => {
-                let projected = geglu.proj.forward(x);
-                let [hidden, gate] = projected.chunk(2, 2).try_into().expect("two halves");
-                // Each half is a strided view (rows of `inner` values, `2 * inner` apart).
-                super::contiguous(hidden) * gelu(super::contiguous(gate))
-            }
+            FeedForwardLayer::Geglu(geglu) => super::geglu(geglu.proj.forward(x)),
             FeedForwardLayer::Dropout(dropout) => dropout.forward(x),
             FeedForwardLayer::Linear(linear) => linear.forward(x),
         })

@@ -3,7 +3,6 @@
 
 use burn::module::Module;
 use burn::nn::{GroupNorm, GroupNormConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use cm_lora::LoraConv2d;
@@ -12,7 +11,7 @@ use super::blocks::{BlockSettings, DownBlock, DownBlockSpec, MidBlock, UpBlock, 
 use super::config::UNetConfig;
 use crate::error::{ModelError, Result};
 use crate::nn::{
-    conv2d, group_norm, timestep_embedding, TimestepEmbedding, TimestepEmbeddingConfig,
+    conv2d, group_norm, silu, timestep_embedding, TimestepEmbedding, TimestepEmbeddingConfig,
 };
 
 /// `UNet2DConditionModel`.

@@ -3,7 +3,6 @@
 
 use burn::module::Module;
 use burn::nn::{GroupNorm, GroupNormConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use cm_lora::LoraConv2d;
@@ -11,7 +10,7 @@ use cm_lora::LoraConv2d;
 use super::config::VaeConfig;
 use crate::error::{ModelError, Result};
 use crate::nn::{
-    conv2d, group_norm, Attention, AttentionConfig, Downsample2D, ResnetBlock2D,
+    conv2d, group_norm, silu, Attention, AttentionConfig, Downsample2D, ResnetBlock2D,
     ResnetBlock2DConfig, Upsample2D,
 };
 
