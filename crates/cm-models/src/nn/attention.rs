@@ -6,8 +6,6 @@
 use burn::module::Module;
 use burn::nn::{GroupNorm, GroupNormConfig, LinearConfig};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::Tensor;
 use cm_lora::LoraLinear;
 
@@ -88,12 +86,7 @@ impl<B: Backend> Attention<B> {
             t.reshape([batch, n, self.heads, dim_head]).swap_dims(1, 2)
         };
         // 3. softmax(q k^T / sqrt(dim_head)) v.
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: false,
-        };
-        let out = attention(split(q), split(k), split(v), None, None, options);
+        let out = super::tracked_attention::attention(split(q), split(k), split(v));
         // 4. Merge heads, output projection (to_out.1 is dropout: identity at inference).
         let out = out.swap_dims(1, 2).reshape([batch, tokens, inner]);
         self.to_out[0].forward(out)

@@ -10,6 +10,7 @@ mod group_norm;
 mod resnet;
 mod sampling;
 mod silu;
+mod tracked_attention;
 mod transformer_2d;
 pub mod vector_math;
 

@@ -222,6 +222,100 @@ multiversion! {
     }
 }
 
+/// Lanes of the partial sums below: enough independent accumulators for LLVM to vectorise a
+/// reduction without reordering a strict floating-point sum.
+const LANES: usize = 16;
+
+/// `max(x)` (`-inf` for an empty slice), by [`LANES`] partial maxima.
+#[inline(always)]
+fn max_lanes(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    rest.iter()
+        .chain(&acc)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// `sum_i x[i]`, by [`LANES`] partial sums.
+#[inline(always)]
+fn sum_lanes(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (s, &v) in acc.iter_mut().zip(chunk) {
+            *s += v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `sum_i a[i] * b[i]`, by [`LANES`] partial sums.
+#[inline(always)]
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+            *s += x * y;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+multiversion! {
+    /// Softmax of each row of `width` values of `scale * x` (`scale > 0`):
+    /// `out = exp(scale (x - max)) / sum exp(scale (x - max))`.
+    ///
+    /// # Panics
+    /// If the lengths differ or are not a multiple of `width`.
+    pub fn softmax_rows(x: &[f32], width: usize, scale: f32, out: &mut [f32]) {
+        check_lengths("softmax_rows", out.len(), &[x.len()]);
+        assert!(width > 0 && x.len() % width == 0, "softmax_rows: rows of {width} values");
+        for (row, o) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+            let max = max_lanes(row);
+            for (o, &v) in o.iter_mut().zip(row) {
+                *o = exp_approx(scale * (v - max));
+            }
+            let inv = 1.0 / sum_lanes(o);
+            for o in o.iter_mut() {
+                *o *= inv;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// The backward of a softmax over rows of `width` values, times `scale`: with `p` the
+    /// softmax and `dp` the gradient of its output, `ds = scale * p * (dp - sum(p * dp))`.
+    ///
+    /// # Panics
+    /// If the lengths differ or are not a multiple of `width`.
+    pub fn softmax_backward_rows(p: &[f32], dp: &[f32], width: usize, scale: f32, ds: &mut [f32]) {
+        check_lengths("softmax_backward_rows", ds.len(), &[p.len(), dp.len()]);
+        assert!(width > 0 && p.len() % width == 0, "softmax_backward_rows: rows of {width} values");
+        let rows = p.chunks_exact(width).zip(dp.chunks_exact(width));
+        for ((p, dp), ds) in rows.zip(ds.chunks_exact_mut(width)) {
+            let s = dot_lanes(p, dp);
+            for ((d, &p), &g) in ds.iter_mut().zip(p).zip(dp) {
+                *d = scale * p * (g - s);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,6 +449,41 @@ mod tests {
                         "{what} at ({r}, {j}): {got} vs {want}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_rows_and_their_backward_match_the_definitions() {
+        let width = 37;
+        let x: Vec<f32> = (0..3 * width)
+            .map(|i| ((i * 7919) % 1000) as f32 / 50.0 - 10.0)
+            .collect();
+        let dp: Vec<f32> = (0..3 * width)
+            .map(|i| ((i * 104_729) % 200) as f32 / 100.0 - 1.0)
+            .collect();
+        let (mut p, mut ds) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        softmax_rows(&x, width, 1.0, &mut p);
+        softmax_backward_rows(&p, &dp, width, 0.5, &mut ds);
+        for r in 0..3 {
+            let row = &x[r * width..(r + 1) * width];
+            let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+            let e: Vec<f64> = row.iter().map(|&v| (v as f64 - max).exp()).collect();
+            let z: f64 = e.iter().sum();
+            let want: Vec<f64> = e.iter().map(|e| e / z).collect();
+            let dot: f64 = (0..width).map(|j| want[j] * dp[r * width + j] as f64).sum();
+            for j in 0..width {
+                let (got_p, got_ds) = (p[r * width + j] as f64, ds[r * width + j] as f64);
+                let want_ds = 0.5 * want[j] * (dp[r * width + j] as f64 - dot);
+                assert!(
+                    (got_p - want[j]).abs() <= 1e-6,
+                    "p at ({r}, {j}): {got_p} vs {}",
+                    want[j]
+                );
+                assert!(
+                    (got_ds - want_ds).abs() <= 1e-6,
+                    "ds at ({r}, {j}): {got_ds} vs {want_ds}"
+                );
             }
         }
     }
