@@ -283,7 +283,7 @@ multiversion! {
     /// If the lengths differ or are not a multiple of `width`.
     pub fn softmax_rows(x: &[f32], width: usize, scale: f32, out: &mut [f32]) {
         check_lengths("softmax_rows", out.len(), &[x.len()]);
-        assert!(width > 0 && x.len() % width == 0, "softmax_rows: rows of {width} values");
+        assert!(width > 0 && x.len().is_multiple_of(width), "softmax_rows: rows of {width} values");
         for (row, o) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
             let max = max_lanes(row);
             for (o, &v) in o.iter_mut().zip(row) {
@@ -305,7 +305,7 @@ multiversion! {
     /// If the lengths differ or are not a multiple of `width`.
     pub fn softmax_backward_rows(p: &[f32], dp: &[f32], width: usize, scale: f32, ds: &mut [f32]) {
         check_lengths("softmax_backward_rows", ds.len(), &[p.len(), dp.len()]);
-        assert!(width > 0 && p.len() % width == 0, "softmax_backward_rows: rows of {width} values");
+        assert!(width > 0 && p.len().is_multiple_of(width), "softmax_backward_rows: rows of {width} values");
         let rows = p.chunks_exact(width).zip(dp.chunks_exact(width));
         for ((p, dp), ds) in rows.zip(ds.chunks_exact_mut(width)) {
             let s = dot_lanes(p, dp);
