@@ -12,7 +12,10 @@
 //! axis gives columns `[batch, in * kh * kw, h_out * Wp]` whose row order `(in, ky, kx)` is the
 //! kernel's own, so one GEMM with the kernel as stored (`[out, in * kh * kw]`, no re-order)
 //! computes the output on the padded width, which is then cropped. The copies left are the
-//! padding, the concatenation (row-wise, vectorised) and the crop.
+//! padding, the concatenation (row-wise, vectorised) and the crop; on Burn-flex in `f32` the
+//! columns are written directly, one contiguous copy per window (`flex_columns`; Burn-flex's
+//! `cat` of the strided windows copies each twice). `tracked_conv` reuses the columns for the
+//! convolution's gradients under autodiff.
 //!
 //! It is exact (the same sums, in another order) and used only where it measured faster (see
 //! [`conv2d_forward`] and [`prefer_shifted_windows`]); elsewhere Burn's own convolution runs.
