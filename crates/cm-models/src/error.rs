@@ -126,6 +126,9 @@ pub enum ModelError {
     /// An input to a forward pass has the wrong shape or value.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// The operating system would not start the threads a computation asked for.
+    #[error("{0}")]
+    Threads(String),
 }
 
 /// Result alias of `cm-models`.

@@ -6,6 +6,7 @@
 //! - [`weights`]: safetensors loading with key remapping, dtype casts and a load report.
 //! - [`lora_file`]: LoRA files (peft / diffusers, kohya) into and out of any model.
 //! - [`config_json`]: typed configs read from diffusers / transformers `config.json` files.
+//! - [`core_share`]: thread pools that share the cores between threads running model work.
 //!
 //! File I/O (safetensors, atomic writes, images, tensor comparison) lives in the leaf crate
 //! `cm-io`, re-exported here as [`io`].
@@ -15,6 +16,7 @@
 pub mod clip;
 pub mod component;
 pub mod config_json;
+pub mod core_share;
 pub mod error;
 pub mod lora_file;
 pub mod nn;

@@ -88,20 +88,27 @@ impl Peer {
 
 use burn::tensor::ElementConversion;
 
+/// The thread pool one of `peers` data-parallel peers on this machine runs its backend work in
+/// (its share of the cores: [`cm_models::core_share`], which says why).
+pub fn peer_pool(peers: usize) -> Result<rayon::ThreadPool> {
+    Ok(cm_models::core_share::pool_for_one_of(peers)?)
+}
+
 /// What [`train_on_peers`] calls after each of the first peer's steps.
-pub type OnStep<'a, B, M, O> = dyn FnMut(&Trainer<B, M, O>, StepRecord) -> Result<()> + 'a;
+pub type OnStep<'a, B, M, O> = dyn FnMut(&Trainer<B, M, O>, StepRecord) -> Result<()> + Send + 'a;
 
 /// Trains `start` for a whole schedule split over `peers` threads on one `device`: each peer
 /// builds its own trainer with `new_trainer(replica, batch / peers)` from its own replica of
 /// `start` (fresh autodiff leaves, the same parameter ids and `require_grad` flags) and its own data source, trains its share of every step's examples, and
 /// the gradients are averaged, so the update is a single trainer's on the whole `batch` (up to
-/// float summation order). `on_step` runs on the calling thread after each of the first peer's
-/// steps (progress, snapshots); an error there stops every peer after that step. The first
+/// float summation order). `on_step` runs after each of the first peer's steps, on that peer's
+/// worker thread while the calling thread waits (progress, snapshots); an error there stops every
+/// peer after that step. The first
 /// peer's trained model is returned. With `peers == 1` the trainer simply runs here; `peers`
 /// must divide `batch`.
 ///
 /// Why: the backend's own threads may leave cores idle during a step (Burn-flex runs most of a
-/// training step on one core); peers fill them.
+/// training step on one core); peers fill them, each in its own [`peer_pool`].
 pub fn train_on_peers<B, M, O, S, T, const C: usize>(
     peers: usize,
     batch: usize,
@@ -114,8 +121,8 @@ pub fn train_on_peers<B, M, O, S, T, const C: usize>(
 where
     B: AutodiffBackend,
     M: AutodiffModule<B>,
-    O: Objective<B, M, M::InnerModule, T, C>,
-    S: BatchSource<B::InnerBackend, C>,
+    O: Objective<B, M, M::InnerModule, T, C> + Send,
+    S: BatchSource<B::InnerBackend, C> + Send,
 {
     if peers == 0 || !batch.is_multiple_of(peers) {
         return Err(TrainError::Invalid(format!(
@@ -143,9 +150,9 @@ where
     // an inner module would not do: Burn 0.21's `Param::clone` takes `require_grad` from the
     // tensor, which an inner tensor never has; an autodiff clone keeps it, and `valid` /
     // `from_inner` carry it over.)
-    let run = |id: usize,
-               start: M,
-               on_step: &mut OnStep<'_, B, M, O>|
+    let run_peer = |id: usize,
+                    start: M,
+                    on_step: &mut OnStep<'_, B, M, O>|
      -> Result<Option<M::InnerModule>> {
         let mut trainer = new_trainer(M::from_inner(start.valid()), per_peer)?;
         let peer = Peer::register::<B::InnerBackend>(id, peers, device)?;
@@ -169,6 +176,14 @@ where
             None if id == 0 => Ok(Some(trainer.student.valid())),
             None => Ok(None),
         }
+    };
+    // Each peer runs in its own share of the cores (`peer_pool`), the first one too (it blocks
+    // the calling thread meanwhile).
+    let run = |id: usize,
+               start: M,
+               on_step: &mut OnStep<'_, B, M, O>|
+     -> Result<Option<M::InnerModule>> {
+        peer_pool(peers)?.install(|| run_peer(id, start, on_step))
     };
     std::thread::scope(|scope| {
         let others: Vec<_> = (1..peers)

@@ -175,7 +175,9 @@ fn dispatch<A: AutodiffBackend>(
                 let teacher_dir = &teacher_dir;
                 let shared = shared.as_ref();
                 scope.spawn(move || {
-                    run_peer::<A>(plan, resume, device, teacher_dir, shared, Some((id, count)))
+                    crate::parallel::peer_pool(count)?.install(|| {
+                        run_peer::<A>(plan, resume, device, teacher_dir, shared, Some((id, count)))
+                    })
                 })
             })
             .collect();

@@ -606,8 +606,8 @@ const UNET_STREAM: u64 = 0x0E70;
 pub fn train_teacher<A: AutodiffBackend>(
     recipe: &TeacherRecipe,
     device: &A::Device,
-    progress: &mut dyn FnMut(&str, u64, u64, f64),
-    snapshot: &mut dyn FnMut(&TrainedTeacher<A::InnerBackend>) -> Result<()>,
+    progress: &mut (dyn FnMut(&str, u64, u64, f64) + Send),
+    snapshot: &mut (dyn FnMut(&TrainedTeacher<A::InnerBackend>) -> Result<()> + Send),
 ) -> Result<TrainedTeacher<A::InnerBackend>> {
     if recipe.resume_from.is_none() {
         recipe.check()?;

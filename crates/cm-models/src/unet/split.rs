@@ -3,7 +3,7 @@
 //! Burn-flex (the CPU backend) runs its element-wise kernels, normalisations and small GEMMs on the
 //! calling thread; only large GEMMs use its thread pool, so one forward pass keeps about one core
 //! busy. Splitting the batch (the CFG batch `[uncond; cond]` too) into parts that run on their own
-//! threads fills the others. Each thread gets a clone of the module (its tensors are shared, not
+//! threads, each in its own share of rayon's threads ([`crate::core_share`]), fills the others. Each thread gets a clone of the module (its tensors are shared, not
 //! copied). Every example is computed exactly as in [`UNet2DConditionModel::forward`]; only the
 //! GEMMs' blocking, and so the float summation order, may differ. A GPU backend gains nothing
 //! from it: use one part there.
@@ -17,6 +17,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use super::UNet2DConditionModel;
+use crate::core_share::pool_for_one_of;
 use crate::Result;
 
 impl<B: Backend> UNet2DConditionModel<B> {
@@ -58,7 +59,9 @@ impl<B: Backend> UNet2DConditionModel<B> {
                     let ts = timesteps[start..start + len].to_vec();
                     let context = encoder_hidden_states.clone().narrow(0, start, len);
                     let cond = timestep_cond.clone().map(|c| c.narrow(0, start, len));
-                    scope.spawn(move || unet.forward(sample, &ts, context, cond))
+                    scope.spawn(move || {
+                        pool_for_one_of(parts)?.install(|| unet.forward(sample, &ts, context, cond))
+                    })
                 })
                 .collect();
             let outputs = handles
