@@ -9,7 +9,8 @@
 //! ```
 //!
 //! A student is `FILE:SAMPLER:STEPS` with SAMPLER `lcm` (LCM multistep sampling) or
-//! `multiboundary` (deterministic multi-boundary sampling with STEPS boundaries); FILE is a LoRA
+//! `multiboundary` (deterministic multi-boundary sampling with STEPS boundaries evenly spaced, or
+//! the student's own boundaries as STEPS = `0/199/499/799`); FILE is a LoRA
 //! (merged into the teacher's UNet) or the `unet/` folder of a whole-UNet run; its row is named
 //! after the folder holding FILE.
 
@@ -67,6 +68,8 @@ struct Student {
     file: PathBuf,
     sampler: SamplerKind,
     steps: usize,
+    /// A multi-boundary student's explicit boundaries.
+    boundaries: Option<Vec<usize>>,
     name: String,
 }
 
@@ -76,9 +79,26 @@ fn parse_student(spec: &str) -> anyhow::Result<Student> {
         (Some(s), Some(k), Some(f)) => (s, k, f),
         _ => anyhow::bail!("--student expects FILE:SAMPLER:STEPS, got {spec:?}"),
     };
-    let steps: usize = steps.parse().map_err(|_| {
-        anyhow::anyhow!("--student {spec:?}: STEPS must be a positive integer, got {steps:?}")
-    })?;
+    let boundaries = if sampler == "multiboundary" && steps.contains('/') {
+        let list = steps
+            .split('/')
+            .map(str::parse::<usize>)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "--student {spec:?}: boundaries must be timesteps separated by `/` (0/199/499/799), got {steps:?}"
+                )
+            })?;
+        Some(list)
+    } else {
+        None
+    };
+    let steps: usize = match &boundaries {
+        Some(list) => list.len(),
+        None => steps.parse().map_err(|_| {
+            anyhow::anyhow!("--student {spec:?}: STEPS must be a positive integer, got {steps:?}")
+        })?,
+    };
     anyhow::ensure!(steps > 0, "--student {spec:?}: STEPS must be at least 1");
     let sampler = match sampler {
         "lcm" => SamplerKind::Lcm,
@@ -98,11 +118,16 @@ fn parse_student(spec: &str) -> anyhow::Result<Student> {
     } else {
         "multi-boundary"
     };
+    let name = match &boundaries {
+        Some(list) => format!("{folder} ({kind}, boundaries {list:?}) {steps} steps"),
+        None => format!("{folder} ({kind}) {steps} steps"),
+    };
     Ok(Student {
-        name: format!("{folder} ({kind}) {steps} steps"),
+        name,
         file,
         sampler,
         steps,
+        boundaries,
     })
 }
 
@@ -182,6 +207,7 @@ fn main() -> anyhow::Result<()> {
                 &ddim,
                 SamplerKind::Ddim,
                 steps,
+                None,
                 args.guidance,
                 &labels,
                 &reference,
@@ -224,6 +250,7 @@ fn main() -> anyhow::Result<()> {
                 &scheduler,
                 student.sampler,
                 student.steps,
+                student.boundaries.as_deref(),
                 1.0,
                 &labels,
                 &reference,

@@ -52,9 +52,19 @@ pub struct SampleArgs {
     /// Guidance scale w (1 = none; a student with a guidance embedding gets w as input).
     #[arg(long, default_value_t = 7.5)]
     pub guidance: f32,
-    /// Segments K of a multi-boundary student.
+    /// Segments K of a multi-boundary student (evenly spaced on the 50-step grid).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub boundaries: u32,
+    /// A multi-boundary student's own boundaries, when it trained with others than K evenly
+    /// spaced (`consistency.boundaries`, or another `solver_steps`): e.g. 0,199,499,799
+    /// (overrides --boundaries; its run's config.toml names them).
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        conflicts_with = "boundaries"
+    )]
+    pub boundary_list: Option<Vec<usize>>,
     /// Seed of the initial (and LCM's fresh) noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -128,7 +138,10 @@ impl SampleArgs {
         match self.scheduler.as_str() {
             "lcm" => SamplerKind::Lcm,
             "multiboundary" => SamplerKind::MultiBoundary {
-                boundaries: self.boundaries as usize,
+                boundaries: self
+                    .boundary_list
+                    .as_ref()
+                    .map_or(self.boundaries as usize, Vec::len),
             },
             _ => SamplerKind::Ddim,
         }
@@ -161,12 +174,14 @@ impl SampleArgs {
         let scheduler =
             SchedulerConfig::from_json_file_as(&scheduler_path, sampler.scheduler_class())?;
         if let SamplerKind::MultiBoundary { boundaries } = sampler {
-            cm_schedulers::boundaries::BoundarySet::evenly_spaced(
-                boundaries,
-                scheduler.num_train_timesteps,
-                50,
-            )
-            .map_err(|e| anyhow::anyhow!("--boundaries {boundaries}: {e}"))?;
+            use cm_schedulers::boundaries::BoundarySet;
+            let t = scheduler.num_train_timesteps;
+            match &self.boundary_list {
+                Some(list) => BoundarySet::explicit(list, t)
+                    .map_err(|e| anyhow::anyhow!("--boundary-list {list:?}: {e}"))?,
+                None => BoundarySet::evenly_spaced(boundaries, t, 50)
+                    .map_err(|e| anyhow::anyhow!("--boundaries {boundaries}: {e}"))?,
+            };
         }
         let unet_dir = self.unet.clone().unwrap_or_else(|| model.join("unet"));
         let unet = UNetConfig::from_json_file(unet_dir.join("config.json"))?;
@@ -286,6 +301,7 @@ fn run(
         threads: args
             .threads
             .map_or_else(crate::backend::inference_threads, |n| n as usize),
+        boundaries: args.boundary_list.clone(),
         ..Default::default()
     };
     let init = match &args.init_latents {

@@ -57,7 +57,8 @@ pub struct EvalRow {
 
 /// Samples `labels` (batches of `batch`, each UNet call split over `threads` threads) with `unet`,
 /// judges the images and measures their Fréchet distance to `reference` (real images of the same
-/// captions).
+/// captions). `boundaries`: a multi-boundary student's own boundaries
+/// ([`SampleOptions::boundaries`]).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate<B: Backend>(
     name: &str,
@@ -66,6 +67,7 @@ pub fn evaluate<B: Backend>(
     scheduler: &SchedulerConfig,
     sampler: SamplerKind,
     steps: usize,
+    boundaries: Option<&[usize]>,
     guidance: f32,
     labels: &[ShapeLabel],
     reference: &[image::RgbImage],
@@ -88,6 +90,7 @@ pub fn evaluate<B: Backend>(
             width: size,
             images_per_prompt: 1,
             threads,
+            boundaries: boundaries.map(<[usize]>::to_vec),
             ..Default::default()
         };
         let mut noise = HostNoise::new(crate::draws::stream_seed(EVAL_SEED, &[chunk_index as u64]));

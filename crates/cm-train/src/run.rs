@@ -548,14 +548,20 @@ fn run_peer<A: AutodiffBackend>(
     Ok(outcome)
 }
 
+/// The segment boundaries a config trains with (and its student must be sampled with): the
+/// explicit `consistency.boundaries`, else `segments` evenly spaced on the solver grid.
+fn boundary_set(config: &RunConfig, num_train_timesteps: usize) -> Result<BoundarySet> {
+    let c = &config.consistency;
+    Ok(match &c.boundaries {
+        Some(list) => BoundarySet::explicit(list, num_train_timesteps)?,
+        None => BoundarySet::evenly_spaced(c.segments, num_train_timesteps, c.solver_steps)?,
+    })
+}
+
 /// The consistency step a config describes.
 pub fn consistency_step(config: &RunConfig, schedule: &NoiseSchedule) -> Result<ConsistencyStep> {
     let c = &config.consistency;
-    let t = schedule.num_train_timesteps();
-    let boundaries = match &c.boundaries {
-        Some(list) => BoundarySet::explicit(list, t)?,
-        None => BoundarySet::evenly_spaced(c.segments, t, c.solver_steps)?,
-    };
+    let boundaries = boundary_set(config, schedule.num_train_timesteps())?;
     let variant = match c.solver_variant {
         SolverVariantName::Diffusers => SolverVariant::Diffusers,
         SolverVariantName::Seed => SolverVariant::Seed,
@@ -643,6 +649,8 @@ struct Validation<'a, B: Backend> {
     size: usize,
     teacher_guidance: f32,
     student_columns: Vec<(SamplerKind, usize)>,
+    /// The boundaries a multi-boundary student trained with (its sampling visits them).
+    boundaries: Option<Vec<usize>>,
     /// Threads of each sampling call's UNet batch (the run's peers per device).
     threads: usize,
     teacher_cells: Option<Vec<image::RgbImage>>,
@@ -666,12 +674,14 @@ impl<'a, B: Backend> Validation<'a, B> {
             GuidanceDraw::Fixed(w) => w,
             GuidanceDraw::Uniform { min, max } => 0.5 * (min + max),
         };
+        let trained = boundary_set(config, scheduler.num_train_timesteps)?;
+        let segments = trained.boundaries().len();
         let student_columns = match config.method {
             Method::Multiboundary => vec![(
                 SamplerKind::MultiBoundary {
-                    boundaries: config.consistency.segments,
+                    boundaries: segments,
                 },
-                config.consistency.segments,
+                segments,
             )],
             _ => vec![
                 (SamplerKind::Lcm, 1),
@@ -691,6 +701,8 @@ impl<'a, B: Backend> Validation<'a, B> {
                 teacher_guidance
             },
             student_columns,
+            boundaries: (config.method == Method::Multiboundary)
+                .then(|| trained.boundaries().to_vec()),
             threads,
             teacher_cells: None,
             out,
@@ -722,6 +734,10 @@ impl<'a, B: Backend> Validation<'a, B> {
                 width: self.size,
                 images_per_prompt: 1,
                 threads: self.threads,
+                boundaries: match sampler {
+                    SamplerKind::MultiBoundary { .. } => self.boundaries.clone(),
+                    _ => None,
+                },
                 ..Default::default()
             };
             let mut noise = HostNoise::new(crate::draws::stream_seed(self.seed, &[i as u64]));

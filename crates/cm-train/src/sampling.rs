@@ -94,6 +94,11 @@ pub struct SampleOptions {
     /// Threads each UNet call's batch (with CFG, `[uncond; cond]`) is split over
     /// ([`UNet2DConditionModel::forward_split`]): 2 fills a second CPU core, 1 on a GPU.
     pub threads: usize,
+    /// Multi-boundary sampling: the student's own boundaries (`0` first, increasing; K entries
+    /// for [`SamplerKind::MultiBoundary`]'s K) instead of K evenly spaced on the 50-step grid.
+    /// A student trained with other boundaries (`consistency.boundaries`, or another
+    /// `solver_steps` grid) must be sampled with them.
+    pub boundaries: Option<Vec<usize>>,
 }
 
 impl Default for SampleOptions {
@@ -107,6 +112,7 @@ impl Default for SampleOptions {
             images_per_prompt: 1,
             guidance_embedding_dim: 256,
             threads: 1,
+            boundaries: None,
         }
     }
 }
@@ -384,7 +390,7 @@ pub fn sample_with_unet<B: Backend>(
         }
         SamplerKind::MultiBoundary { boundaries } => {
             let schedule = NoiseSchedule::new(scheduler_config);
-            let set = BoundarySet::evenly_spaced(boundaries, schedule.num_train_timesteps(), 50)?;
+            let set = multiboundary_set(boundaries, options.boundaries.as_deref(), &schedule)?;
             let f_theta = DdimToBoundary {
                 prediction_type: scheduler_config.prediction_type,
             };
@@ -411,4 +417,22 @@ pub fn sample_with_unet<B: Backend>(
         images,
         timesteps: visited,
     })
+}
+
+/// The boundaries multi-boundary sampling with K = `segments` visits: the explicit list when
+/// given (it must hold K entries), else K evenly spaced on the 50-step grid.
+fn multiboundary_set(
+    segments: usize,
+    explicit: Option<&[usize]>,
+    schedule: &NoiseSchedule,
+) -> Result<BoundarySet, SampleError> {
+    let t = schedule.num_train_timesteps();
+    match explicit {
+        Some(list) if list.len() != segments => Err(SampleError::InvalidOption(format!(
+            "multi-boundary sampling with {segments} segments got {} boundaries {list:?}",
+            list.len()
+        ))),
+        Some(list) => Ok(BoundarySet::explicit(list, t)?),
+        None => Ok(BoundarySet::evenly_spaced(segments, t, 50)?),
+    }
 }

@@ -162,6 +162,24 @@ fn multiboundary_sampling_is_deterministic_bit_for_bit() {
 }
 
 #[test]
+fn multiboundary_sampling_visits_a_students_own_boundaries() {
+    let sd = tiny();
+    let config = scheduler("ddim");
+    let mut opts = options(SamplerKind::MultiBoundary { boundaries: 4 }, 2.0);
+    opts.boundaries = Some(vec![0, 199, 499, 799]);
+    let out = run(&sd, &config, &opts, None, &mut SeededNoise);
+    assert_eq!(out.timesteps, vec![999, 799, 499, 199]);
+    let even = run(
+        &sd,
+        &config,
+        &options(SamplerKind::MultiBoundary { boundaries: 4 }, 2.0),
+        None,
+        &mut SeededNoise,
+    );
+    assert_ne!(out.images.into_data(), even.images.into_data());
+}
+
+#[test]
 fn bad_options_are_clear_errors() {
     let sd = tiny();
     let config = scheduler("ddim");
@@ -187,6 +205,16 @@ fn bad_options_are_clear_errors() {
     assert!(try_run(o, None).contains("inference steps"));
     let o = options(SamplerKind::MultiBoundary { boundaries: 60 }, 1.0);
     assert!(try_run(o, None).contains("K must be in 1..=50"));
+    let mut o = options(SamplerKind::MultiBoundary { boundaries: 4 }, 1.0);
+    o.boundaries = Some(vec![0, 499, 799]);
+    let e = try_run(o, None);
+    assert!(
+        e.contains("4 segments got 3 boundaries [0, 499, 799]"),
+        "{e}"
+    );
+    let mut o = options(SamplerKind::MultiBoundary { boundaries: 2 }, 1.0);
+    o.boundaries = Some(vec![0, 999]);
+    assert!(try_run(o, None).contains("empty top segment"));
     let mut o = options(SamplerKind::Ddim, 7.5);
     o.height = 33;
     assert!(try_run(o, None).contains("multiples of the VAE down-sampling factor 2"));
