@@ -44,7 +44,7 @@ mod tests {
     #[test]
     fn work_installed_in_the_pool_runs_on_its_threads() {
         let pool = pool_for_one_of(usize::MAX).unwrap();
-        let inside = pool.install(|| rayon::current_num_threads());
+        let inside = pool.install(rayon::current_num_threads);
         assert_eq!(inside, 1);
         let name = pool.install(|| std::thread::current().name().map(str::to_owned));
         assert_eq!(name.as_deref(), Some("cm-core-share-0"));
