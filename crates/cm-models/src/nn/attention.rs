@@ -72,23 +72,15 @@ impl<B: Backend> Attention<B> {
     /// `x`: `[batch, tokens, query_dim]`, `context`: `[batch, ctx_tokens, cross_attention_dim]`
     /// (or `None` for self-attention) -> `[batch, tokens, query_dim]`.
     pub fn forward(&self, x: Tensor<B, 3>, context: Option<Tensor<B, 3>>) -> Tensor<B, 3> {
-        let [batch, tokens, _] = x.dims();
         let context = context.unwrap_or_else(|| x.clone());
         // 1. Project.
         let q = self.to_q.forward(x);
         let k = self.to_k.forward(context.clone());
         let v = self.to_v.forward(context);
-        let inner = q.dims()[2];
-        let dim_head = inner / self.heads;
-        // 2. Split heads: [batch, heads, tokens, dim_head].
-        let split = |t: Tensor<B, 3>| {
-            let n = t.dims()[1];
-            t.reshape([batch, n, self.heads, dim_head]).swap_dims(1, 2)
-        };
-        // 3. softmax(q k^T / sqrt(dim_head)) v.
-        let out = super::tracked_attention::attention(split(q), split(k), split(v));
-        // 4. Merge heads, output projection (to_out.1 is dropout: identity at inference).
-        let out = out.swap_dims(1, 2).reshape([batch, tokens, inner]);
+        // 2. softmax(q k^T / sqrt(dim_head)) v per head, heads packed in the last dimension
+        //    (diffusers splits them out and merges them back; the values are the same).
+        let out = super::packed_attention::attention(q, k, v, self.heads);
+        // 3. Output projection (to_out.1 is dropout: identity at inference).
         self.to_out[0].forward(out)
     }
 
@@ -106,11 +98,9 @@ impl<B: Backend> Attention<B> {
             None => x,
         };
         // 2. [b, c, h, w] -> [b, h*w, c], attend, back.
-        let tokens = h.reshape([batch, channels, height * width]).swap_dims(1, 2);
+        let tokens = super::transpose_tokens(h.reshape([batch, channels, height * width]));
         let out = self.forward(tokens, None);
-        let out = out
-            .swap_dims(1, 2)
-            .reshape([batch, channels, height, width]);
+        let out = super::transpose_tokens(out).reshape([batch, channels, height, width]);
         // 3. Residual connection (rescale_output_factor = 1).
         out + residual
     }

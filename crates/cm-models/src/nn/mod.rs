@@ -7,10 +7,11 @@ mod embeddings;
 mod flex_kernel;
 mod geglu;
 mod group_norm;
+mod packed_attention;
 mod resnet;
 mod sampling;
 mod silu;
-mod tracked_attention;
+mod token_transpose;
 mod transformer_2d;
 pub mod vector_math;
 
@@ -21,6 +22,7 @@ pub use group_norm::group_norm;
 pub use resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 pub use sampling::{Downsample2D, Upsample2D};
 pub use silu::silu;
+pub use token_transpose::transpose_tokens;
 pub use transformer_2d::{
     BasicTransformerBlock, FeedForward, FeedForwardLayer, Geglu, Projection, Transformer2DModel,
     Transformer2DModelConfig,

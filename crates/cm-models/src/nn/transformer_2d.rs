@@ -194,7 +194,7 @@ impl<B: Backend> Transformer2DModel<B> {
         // 2. proj_in and flatten to tokens [batch, h*w, inner].
         let tokens = |t: Tensor<B, 4>| {
             let c = t.dims()[1];
-            t.reshape([batch, c, height * width]).swap_dims(1, 2)
+            super::transpose_tokens(t.reshape([batch, c, height * width]))
         };
         let h = match &self.proj_in {
             Projection::Conv(conv) => tokens(conv.forward(h)),
@@ -208,7 +208,7 @@ impl<B: Backend> Transformer2DModel<B> {
         // 4. proj_out and back to [batch, c, h, w].
         let spatial = |t: Tensor<B, 3>| {
             let c = t.dims()[2];
-            t.swap_dims(1, 2).reshape([batch, c, height, width])
+            super::transpose_tokens(t).reshape([batch, c, height, width])
         };
         let out = match &self.proj_out {
             Projection::Conv(conv) => conv.forward(spatial(h)),
