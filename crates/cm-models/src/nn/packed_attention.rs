@@ -125,7 +125,7 @@ struct Shape {
 impl Shape {
     fn of(q: [usize; 3], k: [usize; 3], v: [usize; 3], heads: usize) -> Self {
         assert!(
-            heads > 0 && q[2] % heads == 0,
+            heads > 0 && q[2].is_multiple_of(heads),
             "attention: width {} is not a multiple of {heads} heads",
             q[2]
         );
@@ -167,6 +167,14 @@ struct SharedOut(*mut f32);
 // and the buffer outlives the parallel loop that uses it.
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer (a method, so that closures capture the whole `Send + Sync` wrapper rather
+    /// than its raw-pointer field).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
 
 /// `dst (rows x cols, strides dst_rs / 1) = [dst +] lhs (rows x depth) rhs (depth x cols)`, with
 /// each matrix given as (pointer, row stride, column stride).
@@ -265,13 +273,12 @@ fn forward(shape: &Shape, q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> Fle
             // 1. P = softmax(Q_blk K^T / sqrt(head_dim)).
             block_softmax(shape, &q, &k, (b, h, first, rows), scores, p, parallelism);
             // 2. O_blk = P V, into head h's columns of the block's rows.
-            let target = target;
             // SAFETY: this task alone writes head h's columns of rows `first..first + rows` of
             // sample b; `out` outlives the loop; V is read in place like K.
             unsafe {
                 product(
                     [rows, shape.head_dim, keys],
-                    (target.0.add(shape.at(b, h, shape.queries, first)), inner),
+                    (target.at(shape.at(b, h, shape.queries, first)), inner),
                     false,
                     (p.as_ptr(), keys, 1),
                     (v[shape.at(b, h, keys, 0)..].as_ptr(), inner, 1),
@@ -377,7 +384,7 @@ fn gradients(
                     unsafe {
                         product(
                             [keys, shape.head_dim, rows],
-                            (dv.0.add(kv_at), inner),
+                            (dv.at(kv_at), inner),
                             accumulate,
                             (p.as_ptr(), 1, keys),
                             d_out_block,
@@ -405,7 +412,7 @@ fn gradients(
                     unsafe {
                         product(
                             [rows, shape.head_dim, keys],
-                            (dq.0.add(q_at), inner),
+                            (dq.at(q_at), inner),
                             false,
                             (ds.as_ptr(), keys, 1),
                             (k[kv_at..].as_ptr(), inner, 1),
@@ -418,7 +425,7 @@ fn gradients(
                     unsafe {
                         product(
                             [keys, shape.head_dim, rows],
-                            (dk.0.add(kv_at), inner),
+                            (dk.at(kv_at), inner),
                             accumulate,
                             (ds.as_ptr(), 1, keys),
                             (q[q_at..].as_ptr(), inner, 1),
