@@ -7,8 +7,6 @@ use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor};
 
 use super::config::{ClipActivation, ClipTextConfig};
@@ -142,26 +140,15 @@ impl<B: Backend> ClipAttention<B> {
     /// # Shapes
     /// `x`: `[batch, seq, hidden]` -> `[batch, seq, hidden]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [batch, seq, hidden] = x.dims();
-        let head_dim = hidden / self.num_heads;
-        let split = |t: Tensor<B, 3>| {
-            t.reshape([batch, seq, self.num_heads, head_dim])
-                .swap_dims(1, 2)
-        };
-        // 1. Project to queries, keys and values, split heads: [batch, heads, seq, head_dim].
-        let q = split(self.q_proj.forward(x.clone()));
-        let k = split(self.k_proj.forward(x.clone()));
-        let v = split(self.v_proj.forward(x));
-        // 2. Scaled dot-product attention with the causal mask (scale = head_dim^-0.5).
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: true,
-        };
-        let out = attention(q, k, v, None, None, options);
-        // 3. Merge heads and project out.
-        self.out_proj
-            .forward(out.swap_dims(1, 2).reshape([batch, seq, hidden]))
+        // 1. Project to queries, keys and values, heads packed in the last dimension
+        //    (transformers splits them out into [batch, heads, seq, head_dim]; the same values).
+        let q = self.q_proj.forward(x.clone());
+        let k = self.k_proj.forward(x.clone());
+        let v = self.v_proj.forward(x);
+        // 2. Scaled dot-product attention per head with the causal mask (scale = head_dim^-0.5).
+        let out = crate::nn::packed_attention::causal_attention(q, k, v, self.num_heads);
+        // 3. Project out (heads already merged).
+        self.out_proj.forward(out)
     }
 }
 

@@ -7,7 +7,7 @@ mod embeddings;
 mod flex_kernel;
 mod geglu;
 mod group_norm;
-mod packed_attention;
+pub(crate) mod packed_attention;
 mod resnet;
 mod sampling;
 mod silu;

@@ -1,6 +1,6 @@
-//! Multi-head scaled dot-product attention on packed heads (`[batch, tokens, heads * head_dim]`,
-//! the layout the `to_q` / `to_k` / `to_v` projections produce), with its own kernel and its own
-//! backward on Burn-flex.
+//! Multi-head scaled dot-product attention (unmasked, or causal for CLIP) on packed heads
+//! (`[batch, tokens, heads * head_dim]`, the layout the `to_q` / `to_k` / `to_v` projections
+//! produce), with its own kernel and its own backward on Burn-flex.
 //!
 //! Why: the generic form splits the heads out (`[batch, heads, tokens, head_dim]`, a strided view
 //! that Burn-flex's attention copies contiguous, element by element), runs Burn-flex's attention
@@ -55,12 +55,35 @@ pub fn attention<B: Backend>(
     v: Tensor<B, 3>,
     heads: usize,
 ) -> Tensor<B, 3> {
-    let shape = Shape::of(q.dims(), k.dims(), v.dims(), heads);
+    attend(q, k, v, heads, false)
+}
+
+/// [`attention`] with a causal mask: query `i` attends to keys `0..=i` (CLIP's text encoder).
+///
+/// # Panics
+/// As [`attention`], and if there are not as many keys as queries.
+pub fn causal_attention<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    heads: usize,
+) -> Tensor<B, 3> {
+    attend(q, k, v, heads, true)
+}
+
+fn attend<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    heads: usize,
+    causal: bool,
+) -> Tensor<B, 3> {
+    let shape = Shape::of(q.dims(), k.dims(), v.dims(), heads, causal);
     let all_f32 = [q.dtype(), k.dtype(), v.dtype()]
         .iter()
         .all(|&d| d == DType::F32);
     if !all_f32 || kernels_disabled() {
-        return split_heads_attention(q, k, v, heads);
+        return split_heads_attention(q, k, v, heads, causal);
     }
     if is_flex::<B>() {
         let flex = |t: Tensor<B, 3>| -> FlexTensor { cast(t.into_primitive().tensor()) };
@@ -68,7 +91,7 @@ pub fn attention<B: Backend>(
         return Tensor::from_primitive(TensorPrimitive::Float(cast(out)));
     }
     if !is_tracked_flex::<B>() {
-        return split_heads_attention(q, k, v, heads);
+        return split_heads_attention(q, k, v, heads, causal);
     }
     let tracked = |t: Tensor<B, 3>| -> FlexAutodiffTensor { cast(t.into_primitive().tensor()) };
     let (q, k, v) = (tracked(q), tracked(k), tracked(v));
@@ -96,6 +119,7 @@ fn split_heads_attention<B: Backend>(
     k: Tensor<B, 3>,
     v: Tensor<B, 3>,
     heads: usize,
+    causal: bool,
 ) -> Tensor<B, 3> {
     let [batch, queries, inner] = q.dims();
     let split = |t: Tensor<B, 3>| {
@@ -105,7 +129,7 @@ fn split_heads_attention<B: Backend>(
     let options = AttentionModuleOptions {
         scale: None,
         softcap: None,
-        is_causal: false,
+        is_causal: causal,
     };
     burn_attention(split(q), split(k), split(v), None, None, options)
         .swap_dims(1, 2)
@@ -120,10 +144,12 @@ struct Shape {
     keys: usize,
     heads: usize,
     head_dim: usize,
+    /// Query `i` attends to keys `0..=i` only.
+    causal: bool,
 }
 
 impl Shape {
-    fn of(q: [usize; 3], k: [usize; 3], v: [usize; 3], heads: usize) -> Self {
+    fn of(q: [usize; 3], k: [usize; 3], v: [usize; 3], heads: usize, causal: bool) -> Self {
         assert!(
             heads > 0 && q[2].is_multiple_of(heads),
             "attention: width {} is not a multiple of {heads} heads",
@@ -133,12 +159,19 @@ impl Shape {
             q[0] == k[0] && k == v && q[2] == k[2],
             "attention: q {q:?}, k {k:?} and v {v:?} must share batch and width, k and v their shape"
         );
+        assert!(
+            !causal || q[1] == k[1],
+            "causal attention: {} queries but {} keys",
+            q[1],
+            k[1]
+        );
         Shape {
             batch: q[0],
             queries: q[1],
             keys: k[1],
             heads,
             head_dim: q[2] / heads,
+            causal,
         }
     }
 
@@ -250,7 +283,18 @@ fn block_softmax(
             parallelism,
         );
     }
-    softmax_rows(&scores[..n], keys, shape.scale(), &mut p[..n]);
+    if !shape.causal {
+        softmax_rows(&scores[..n], keys, shape.scale(), &mut p[..n]);
+        return;
+    }
+    // Causal: row r (query first + r) over its keys 0..=first + r; the masked rest of P is 0, so
+    // the backward's dS = s P (dP - rowsum(P dP)) is 0 there too.
+    for r in 0..rows {
+        let (row, valid) = (r * keys, (first + r + 1).min(keys));
+        let (scores, p) = (&scores[row..row + keys], &mut p[row..row + keys]);
+        softmax_rows(&scores[..valid], valid, shape.scale(), &mut p[..valid]);
+        p[valid..].fill(0.0);
+    }
 }
 
 /// The packed attention output (a new contiguous tensor).
@@ -303,8 +347,13 @@ impl std::fmt::Debug for Shape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "[{} x {} queries x {} keys, {} heads of {}]",
-            self.batch, self.queries, self.keys, self.heads, self.head_dim
+            "[{} x {} queries x {} keys, {} heads of {}{}]",
+            self.batch,
+            self.queries,
+            self.keys,
+            self.heads,
+            self.head_dim,
+            if self.causal { ", causal" } else { "" }
         )
     }
 }
@@ -454,12 +503,12 @@ mod tests {
 
     /// Output and the three gradients equal Burn's attention on split heads, with an uneven loss,
     /// several query blocks (a partial last one) or one, as many queries as keys or not.
-    fn matches_burn<A: AutodiffBackend>(queries: usize, keys: usize, heads: usize) {
+    fn matches_burn<A: AutodiffBackend>(queries: usize, keys: usize, heads: usize, causal: bool) {
         let width = heads * 8;
         let leaf = |n: usize| random::<A>([2, n, width]).require_grad();
         let (q, k, v) = (leaf(queries), leaf(keys), leaf(keys));
-        let ours = attention(q.clone(), k.clone(), v.clone(), heads);
-        let burns = split_heads_attention(q.clone(), k.clone(), v.clone(), heads);
+        let ours = attend(q.clone(), k.clone(), v.clone(), heads, causal);
+        let burns = split_heads_attention(q.clone(), k.clone(), v.clone(), heads, causal);
         let tol = Tolerance::absolute(1e-5);
         ours.to_data()
             .assert_approx_eq::<f32>(&burns.to_data(), tol);
@@ -474,12 +523,25 @@ mod tests {
 
     #[test]
     fn equals_burns_self_attention_and_its_gradients_over_several_query_blocks() {
-        matches_burn::<Autodiff<Flex>>(QUERY_BLOCK * 2 + 7, QUERY_BLOCK * 2 + 7, 3);
+        matches_burn::<Autodiff<Flex>>(QUERY_BLOCK * 2 + 7, QUERY_BLOCK * 2 + 7, 3, false);
     }
 
     #[test]
     fn equals_burns_cross_attention_and_its_gradients_under_checkpointing() {
-        matches_burn::<Autodiff<Flex, BalancedCheckpointing>>(12, 5, 2);
+        matches_burn::<Autodiff<Flex, BalancedCheckpointing>>(12, 5, 2, false);
+    }
+
+    #[test]
+    fn equals_burns_causal_attention_and_its_gradients_over_several_query_blocks() {
+        // CLIP's shape class: as many keys as queries, the mask crossing block boundaries.
+        matches_burn::<Autodiff<Flex>>(QUERY_BLOCK + 13, QUERY_BLOCK + 13, 2, true);
+    }
+
+    #[test]
+    #[should_panic(expected = "causal attention: 5 queries but 7 keys")]
+    fn refuses_causal_attention_with_more_keys_than_queries() {
+        let (q, kv) = (random::<Flex>([1, 5, 8]), random::<Flex>([1, 7, 8]));
+        causal_attention(q, kv.clone(), kv, 2);
     }
 
     #[test]
@@ -490,7 +552,7 @@ mod tests {
             random::<Flex>([3, 9, 32]),
         );
         let ours = attention(q.clone(), k.clone(), v.clone(), 4);
-        let burns = split_heads_attention(q, k, v, 4);
+        let burns = split_heads_attention(q, k, v, 4, false);
         ours.into_data()
             .assert_approx_eq::<f32>(&burns.into_data(), Tolerance::absolute(1e-5));
     }
@@ -501,7 +563,7 @@ mod tests {
         let q = random::<Flex>([2, 16, 6]).swap_dims(1, 2);
         let kv = random::<Flex>([2, 6, 16]);
         let ours = attention(q.clone(), kv.clone(), kv.clone(), 2);
-        let burns = split_heads_attention(q, kv.clone(), kv, 2);
+        let burns = split_heads_attention(q, kv.clone(), kv, 2, false);
         ours.into_data()
             .assert_approx_eq::<f32>(&burns.into_data(), Tolerance::absolute(1e-5));
     }
