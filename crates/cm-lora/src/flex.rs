@@ -65,6 +65,24 @@ pub fn values(tensor: &FlexTensor) -> Cow<'_, [f32]> {
     }
 }
 
+/// A pointer into an `f32` buffer that parallel tasks write disjoint parts of (`tiled_conv`'s
+/// output rows, `cm_models::nn::packed_attention`'s head columns). Whoever creates one guarantees
+/// that the tasks write disjoint elements and that the buffer outlives them.
+#[derive(Debug, Clone, Copy)]
+pub struct SharedOut(pub *mut f32);
+
+// SAFETY: see the type's contract: disjoint writes into a buffer that outlives the tasks.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The address `offset` values into the buffer (a method, so that closures capture the whole
+    /// `Send + Sync` wrapper rather than its raw-pointer field).
+    pub fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,6 +29,7 @@ mod ops;
 mod session;
 pub mod shifted_conv;
 mod targets;
+pub mod tiled_conv;
 pub mod tracked_conv;
 mod weights;
 

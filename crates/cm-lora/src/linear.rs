@@ -63,7 +63,21 @@ impl<B: Backend> LoraLinear<B> {
 
     /// # Shapes
     /// `[..., in]` -> `[..., out]`.
+    ///
+    /// Inputs of more than two dimensions run as `[rows, in]` (a free reshape of a contiguous
+    /// input): under autodiff, Burn 0.21's default `linear` backward reshapes the transposed weight
+    /// (a `swap_dims` view) to the gradient's rank, which Burn-flex does by copying the whole
+    /// weight on every backward (5% of an SD1.5 LoRA training step); a 2-D gradient needs no
+    /// reshape and the GEMM reads the transposed weight in place.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        if D > 2 {
+            let dims = x.dims();
+            let rows = dims[..D - 1].iter().product::<usize>();
+            let out = self.forward(x.reshape([rows, dims[D - 1]]));
+            let mut out_dims = dims;
+            out_dims[D - 1] = out.dims()[1];
+            return out.reshape(out_dims);
+        }
         add_updates(self.base.forward(x.clone()), x, &self.adapters, &self.metas)
     }
 

@@ -11,10 +11,11 @@
 //!
 //! Here, for stride 1, dilation 1, one group and padding `p <= k - 1` (every 3x3 and 1x1
 //! convolution of the UNet and the VAE but their stride-2 downsamplers):
-//! 1. forward: Burn-flex's own convolution (unchanged; the shifted-window GEMM of step 2 measured
-//!    slower here, demo teacher recipe 40 steps per phase 54.1 / 59.9 s against 57.6 / 67.4 s);
+//! 1. forward: [`flex_conv2d`] (GEMMs over row tiles, `crate::tiled_conv`; Burn-flex's own for
+//!    1x1 kernels);
 //! 2. input gradient: the convolution of the output gradient with the kernel transposed and
-//!    flipped, padding `k - 1 - p` ([`conv2d_shifted_windows`]: one GEMM over shifted windows);
+//!    flipped (one contiguous copy, built in parallel), padding `k - 1 - p`, by the same
+//!    [`flex_conv2d`];
 //! 3. weight gradient: the input's shifted-window columns `[batch, in * kh * kw, h_out * wp]`
 //!    (the forward's im2col on the padded width) times the output gradient padded to that width,
 //!    one batched GEMM `[batch, out, h_out * wp] x [batch, h_out * wp, in * kh * kw]` summed over
@@ -22,19 +23,23 @@
 //! 4. bias gradient: the output gradient summed over batch and space.
 //!
 //! Other backends, dtypes and geometries keep Burn's `Conv2d::forward` (see
-//! [`crate::shifted_conv::conv2d_forward`], which picks this path).
+//! [`crate::shifted_conv::conv2d_forward`], which picks this path). The forward ran on Burn-flex's
+//! own convolution and the input gradient on one GEMM over the full shifted-window columns until
+//! the row tiles measured faster (2026-12-04, `docs/benchmarks.md`).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::{ConvOptions, ModuleOps, PadMode};
+use burn::tensor::ops::PadMode;
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
+use rayon::prelude::*;
 
 use crate::flex::{cast, is_tracked_flex, kernels_disabled, FlexAutodiffTensor};
-use crate::shifted_conv::{conv2d_shifted_windows, shifted_columns, ShiftedColumns};
+use crate::shifted_conv::{shifted_columns, ShiftedColumns};
+use crate::tiled_conv::{flex_conv2d, stride_one_f32};
 
 /// Whether [`conv2d_tracked`] applies: `Autodiff<Flex>` in `f32`, stride 1, dilation 1, one group,
 /// a padding `p <= k - 1` on each axis, and the kernels not turned off (`CM_FUSED=burn`).
@@ -47,12 +52,7 @@ pub fn tracked_conv_applies<B: Backend>(
     groups: usize,
 ) -> bool {
     is_tracked_flex::<B>()
-        && dtypes.iter().all(|&d| d == DType::F32)
-        && stride == [1, 1]
-        && dilation == [1, 1]
-        && groups == 1
-        && padding[0] < kernel[0]
-        && padding[1] < kernel[1]
+        && stride_one_f32(dtypes, kernel, padding, stride, dilation, groups)
         && !kernels_disabled()
 }
 
@@ -75,13 +75,12 @@ pub fn conv2d_tracked<B: Backend>(
     let x = tracked(x.into_primitive());
     let weight = tracked(weight.into_primitive());
     let bias = bias.map(|b| tracked(b.into_primitive()));
-    let options = ConvOptions::new([1, 1], padding, [1, 1], 1);
-    // 1. The forward: Burn-flex's convolution.
-    let output = <Flex as ModuleOps<Flex>>::conv2d(
+    // 1. The forward: GEMMs over row tiles (Burn-flex's own for 1x1 kernels).
+    let output = flex_conv2d(
         x.primitive.clone(),
         weight.primitive.clone(),
         bias.as_ref().map(|b| b.primitive.clone()),
-        options,
+        padding,
     );
     let state = ConvState {
         x: x.primitive.clone(),
@@ -194,13 +193,13 @@ fn input_gradient(
     padding: [usize; 2],
 ) -> Tensor<Flex, 4> {
     let [_, _, kh, kw] = weight.dims();
-    let transposed = flex(flipped_transposed(&primitive(weight)));
-    conv2d_shifted_windows(
-        grad,
+    let transposed = flipped_transposed(&primitive(weight));
+    flex(flex_conv2d(
+        primitive(grad),
         transposed,
         None,
         [kh - 1 - padding[0], kw - 1 - padding[1]],
-    )
+    ))
 }
 
 /// `flip(W)^T`: the kernel `[out, in, kh, kw]` as `[in, out, kh, kw]` with each `kh x kw` block
@@ -212,14 +211,17 @@ fn flipped_transposed(weight: &FlexTensor) -> FlexTensor {
     let taps = kh * kw;
     let w = crate::flex::values(weight);
     let mut out = vec![0.0f32; w.len()];
-    for (o, per_out) in w.chunks_exact(c_in * taps).enumerate() {
-        for (i, block) in per_out.chunks_exact(taps).enumerate() {
-            let at = (i * c_out + o) * taps;
-            for (dst, &src) in out[at..at + taps].iter_mut().zip(block.iter().rev()) {
-                *dst = src;
+    // Output block `i` (all `c_out` kernels of input channel `i`) per task.
+    out.par_chunks_mut(c_out * taps)
+        .enumerate()
+        .for_each(|(i, per_in)| {
+            for (o, dst) in per_in.chunks_exact_mut(taps).enumerate() {
+                let block = &w[(o * c_in + i) * taps..][..taps];
+                for (d, &src) in dst.iter_mut().zip(block.iter().rev()) {
+                    *d = src;
+                }
             }
-        }
-    }
+        });
     FlexTensor::from_data(burn::tensor::TensorData::new(out, [c_in, c_out, kh, kw]))
 }
 
@@ -269,6 +271,7 @@ mod tests {
     use burn::backend::Autodiff;
     use burn::tensor::backend::AutodiffBackend;
     use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
     use burn::tensor::{Distribution, Tolerance};
 
     #[test]

@@ -480,3 +480,30 @@ fn factors_stay_f32_on_a_half_precision_base() {
         assert!(block.to_q.base.weight.grad(&grads).is_none());
     }
 }
+
+#[test]
+fn a_linear_on_a_4d_input_equals_burns_with_its_gradients() {
+    type A = Autodiff<B>;
+    let device = Default::default();
+    let layer = LoraLinear::<A>::new(&LinearConfig::new(5, 3), &device);
+    let x = Tensor::<A, 4>::random([2, 3, 4, 5], Distribution::Normal(0.0, 1.0), &device)
+        .require_grad();
+    let probe = Tensor::<A, 4>::random([2, 3, 4, 3], Distribution::Normal(0.0, 1.0), &device);
+    let ours = layer.forward(x.clone());
+    let burns = layer.base.forward(x.clone());
+    assert_eq!(ours.dims(), [2, 3, 4, 3]);
+    let grad = |y: Tensor<A, 4>| {
+        let grads = (y * probe.clone()).sum().backward();
+        let dx = x.grad(&grads).unwrap();
+        let dw = layer.base.weight.grad(&grads).unwrap();
+        (dx, dw)
+    };
+    let close = |a: Tensor<B, 4>, b: Tensor<B, 4>| (a - b).abs().max().into_scalar() < 1e-5;
+    assert!(close(ours.clone().inner(), burns.clone().inner()));
+    let ((dx, dw), (dx_burn, dw_burn)) = (grad(ours), grad(burns));
+    assert!(close(dx, dx_burn), "input gradient");
+    assert!(
+        (dw - dw_burn).abs().max().into_scalar() < 1e-5,
+        "weight gradient"
+    );
+}

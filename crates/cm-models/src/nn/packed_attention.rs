@@ -30,7 +30,9 @@ use burn::tensor::module::attention as burn_attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use burn_flex::FlexTensor;
-use cm_lora::flex::{cast, is_flex, is_tracked_flex, kernels_disabled, values, FlexAutodiffTensor};
+use cm_lora::flex::{
+    cast, is_flex, is_tracked_flex, kernels_disabled, values, FlexAutodiffTensor, SharedOut,
+};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
@@ -190,22 +192,6 @@ impl Shape {
 
     fn query_blocks(&self) -> usize {
         self.queries.div_ceil(QUERY_BLOCK)
-    }
-}
-
-/// A pointer into a buffer that parallel tasks write disjoint parts of.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: every task writes a disjoint set of elements (its own head's columns of its own rows),
-// and the buffer outlives the parallel loop that uses it.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// The pointer (a method, so that closures capture the whole `Send + Sync` wrapper rather
-    /// than its raw-pointer field).
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
     }
 }
 
