@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::Autodiff;
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module, ModuleMapper};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use clap::Parser;
@@ -83,6 +83,11 @@ impl<B: burn::tensor::backend::Backend> BatchSource<B, 3> for Random {
     }
 }
 
+/// Runs every lazy parameter initialiser once (the mapper's defaults read each parameter's value).
+struct Materialise;
+
+impl ModuleMapper<Backend> for Materialise {}
+
 fn row<A: AutodiffBackend<InnerBackend = Backend>>(
     args: &Args,
     config: &UNetConfig,
@@ -93,7 +98,14 @@ fn row<A: AutodiffBackend<InnerBackend = Backend>>(
     let device: A::Device = Default::default();
     A::seed(&device, 0);
     memory.reset::<Backend>(&backend::device());
-    let base = config.init::<Backend>(&backend::device());
+    // Materialised before the clone: Burn 0.21 initialises parameters lazily, and each clone of a
+    // lazy parameter runs the initialiser again on first use, so the student and the teacher
+    // would hold two different random copies of every weight (3.4 GiB more for SD1.5; until
+    // 2026-12-04 this benchmark's memory column counted that copy). As in a real run, the
+    // student's frozen base and the teacher now share one set of weights.
+    let base = config
+        .init::<Backend>(&backend::device())
+        .map(&mut Materialise);
     let mut student = UNet2DConditionModel::<A>::from_inner(base.clone());
     inject(
         &mut student,
