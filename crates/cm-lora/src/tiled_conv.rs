@@ -276,8 +276,64 @@ impl Geometry {
     fn fill_columns(&self, columns: &mut [f32], image: &[f32], rows: std::ops::Range<usize>) {
         let n = rows.len() * self.w_out;
         for (k, column_row) in columns.chunks_exact_mut(n).enumerate() {
+            if self.w_out == self.w && self.pw <= self.w {
+                self.fill_column_row_as_block(column_row, k, image, rows.clone());
+                continue;
+            }
             for (piece, r) in column_row.chunks_exact_mut(self.w_out).zip(rows.clone()) {
                 self.fill_piece(piece, k, image, r);
+            }
+        }
+    }
+
+    /// [`Self::fill_columns`] for one column row `k = (i, ky, kx)` when the output is as wide as
+    /// the input ("same" padding): the rows inside the image read consecutive input rows shifted
+    /// by `kx - pw`, so they are one block copy, then the `|kx - pw|` values per row that fell
+    /// into the padding are zeroed (one copy instead of one per row: on 8-pixel-wide images the
+    /// per-row copies were 8-9% of a training step).
+    fn fill_column_row_as_block(
+        &self,
+        column_row: &mut [f32],
+        k: usize,
+        image: &[f32],
+        rows: std::ops::Range<usize>,
+    ) {
+        let Self {
+            h,
+            w,
+            kh,
+            kw,
+            ph,
+            pw,
+            ..
+        } = *self;
+        let (channel, ky, kx) = (k / (kh * kw), k / kw % kh, k % kw);
+        let r0 = rows.start;
+        // Output rows `inside` read input rows `r + ky - ph` inside the image; the rest are zero.
+        let first = rows.start.max(ph.saturating_sub(ky));
+        let last = rows.end.min((h + ph).saturating_sub(ky)).max(first);
+        column_row[..(first - r0) * w].fill(0.0);
+        column_row[(last - r0) * w..].fill(0.0);
+        if first == last {
+            return;
+        }
+        let block = &mut column_row[(first - r0) * w..(last - r0) * w];
+        let len = block.len();
+        let base = (channel * h + first + ky - ph) * w;
+        let plane = &image[base..base + len];
+        if kx >= pw {
+            // block[i] = plane[i + s]; the last `s` values of each row are padding.
+            let s = kx - pw;
+            block[..len - s].copy_from_slice(&plane[s..]);
+            for row in block.chunks_exact_mut(w) {
+                row[w - s..].fill(0.0);
+            }
+        } else {
+            // block[i] = plane[i - s]; the first `s` values of each row are padding.
+            let s = pw - kx;
+            block[s..].copy_from_slice(&plane[..len - s]);
+            for row in block.chunks_exact_mut(w) {
+                row[..s].fill(0.0);
             }
         }
     }
@@ -302,13 +358,16 @@ impl Geometry {
             return;
         }
         // Output columns `lo..hi` read inside the image, from input column `lo + kx - pw`.
-        let lo = pw.saturating_sub(kx);
+        // (A padding wider than the row can leave none.)
+        let lo = pw.saturating_sub(kx).min(w_out);
         let hi = (w + pw).saturating_sub(kx).min(w_out).max(lo);
-        let source = &image[(channel * h + y - ph) * w..][..w];
         piece[..lo].fill(0.0);
         piece[hi..].fill(0.0);
-        let start = lo + kx - pw;
-        piece[lo..hi].copy_from_slice(&source[start..start + hi - lo]);
+        if hi > lo {
+            let source = &image[(channel * h + y - ph) * w..][..w];
+            let start = lo + kx - pw;
+            piece[lo..hi].copy_from_slice(&source[start..start + hi - lo]);
+        }
     }
 }
 
@@ -363,6 +422,10 @@ mod tests {
         // A 1x1 kernel and a kernel as wide as the padded input.
         check([2, 3, 5, 5], [4, 3, 1, 1], [0, 0], true);
         check([1, 2, 4, 3], [3, 2, 3, 5], [1, 2], false);
+        // "Same" padding wider than the image (the per-row path), and rows partly outside the
+        // image at both ends of a tile (a tall kernel).
+        check([1, 2, 4, 1], [3, 2, 3, 5], [1, 2], true);
+        check([2, 3, 7, 6], [2, 3, 5, 3], [2, 1], true);
     }
 
     #[test]
