@@ -25,18 +25,17 @@
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::PadMode;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
-use burn_flex::FlexTensor;
+use burn_flex::{Flex, FlexTensor};
 
-use crate::flex::{cast, is_flex, kernels_disabled, values};
+use crate::flex::values;
 use crate::tiled_conv::{conv2d_tiled, tiled_conv_applies};
 use crate::tracked_conv::{conv2d_tracked, tracked_conv_applies};
 
 /// The im2col matrix of a stride-1 convolution, laid out on the padded width (module docs).
-pub(crate) struct ShiftedColumns<B: Backend> {
+pub(crate) struct ShiftedColumns {
     /// `[batch, in * kh * kw, h_out * wp]`, rows in the kernel's own `(in, ky, kx)` order.
-    pub columns: Tensor<B, 3>,
+    pub columns: Tensor<Flex, 3>,
     /// Output height and width.
     pub h_out: usize,
     pub w_out: usize,
@@ -45,18 +44,19 @@ pub(crate) struct ShiftedColumns<B: Backend> {
     pub wp: usize,
 }
 
-/// The columns of `x` for a `kernel`-sized, stride-1 convolution with `padding` zero pixels on
-/// each side (module docs).
+/// The columns of an `f32` Burn-flex `x` for a `kernel`-sized, stride-1 convolution with `padding`
+/// zero pixels on each side (module docs; only `tracked_conv` needs them, on Burn-flex).
 ///
 /// # Panics
-/// If `x` does not have `c_in` channels or the kernel is larger than the padded input.
-pub(crate) fn shifted_columns<B: Backend>(
-    x: Tensor<B, 4>,
+/// If `x` does not have `c_in` channels, is not `f32`, or the kernel is larger than the padded
+/// input.
+pub(crate) fn shifted_columns(
+    x: Tensor<Flex, 4>,
     c_in: usize,
     kernel: [usize; 2],
     padding: [usize; 2],
-) -> ShiftedColumns<B> {
-    let [batch, x_in, h, w] = x.dims();
+) -> ShiftedColumns {
+    let [_, x_in, h, w] = x.dims();
     assert_eq!(
         x_in, c_in,
         "conv2d: the input has {x_in} channels, the kernel expects {c_in}"
@@ -68,48 +68,19 @@ pub(crate) fn shifted_columns<B: Backend>(
         kh <= hp && kw <= wp,
         "conv2d: a {kh}x{kw} kernel does not fit a padded {hp}x{wp} input"
     );
-    let (h_out, w_out) = (hp - kh + 1, wp - kw + 1);
-
-    if is_flex::<B>() && x.dtype() == DType::F32 && !kernels_disabled() {
-        let flex: FlexTensor = cast(x.into_primitive().tensor());
-        let columns = flex_columns(&flex, [kh, kw], padding);
-        return ShiftedColumns {
-            columns: Tensor::from_primitive(TensorPrimitive::Float(cast(columns))),
-            h_out,
-            w_out,
-            wp,
-        };
-    }
-    // 1. Zero-pad (one extra bottom row, so every tap's window of `h_out * wp` fits) and flatten.
-    let rows = hp + 1;
-    let flat = x
-        .pad(
-            [(0, 0), (0, 0), (ph, ph + 1), (pw, pw)],
-            PadMode::Constant(0.0),
-        )
-        .reshape([batch, c_in, 1, rows * wp]);
-    // 2. The columns `[batch, in, kh * kw, h_out * wp]`: tap `(ky, kx)` is the window of the
-    //    flattened input starting at `ky * wp + kx` (strided views, copied once by the concat).
-    let len = h_out * wp;
-    let windows = (0..kh * kw)
-        .map(|k| {
-            let start = (k / kw) * wp + k % kw;
-            flat.clone()
-                .slice([0..batch, 0..c_in, 0..1, start..start + len])
-        })
-        .collect();
+    let columns = flex_columns(&x.into_primitive().tensor(), kernel, padding);
     ShiftedColumns {
-        columns: Tensor::cat(windows, 2).reshape([batch, c_in * kh * kw, len]),
-        h_out,
-        w_out,
+        columns: Tensor::from_primitive(TensorPrimitive::Float(columns)),
+        h_out: hp - kh + 1,
+        w_out: wp - kw + 1,
         wp,
     }
 }
 
-/// [`shifted_columns`] on a Burn-flex tensor, written directly: each `(sample, channel)` plane is
+/// The columns of [`shifted_columns`], written directly: each `(sample, channel)` plane is
 /// zero-padded once into a scratch buffer, then each tap's window of `h_out * wp` values is one
-/// contiguous copy into the columns (the generic path's slices are strided views that Burn-flex's
-/// `cat` first copies contiguous, then copies again: 19% of a decoder training step, `perf`).
+/// contiguous copy into the columns (a `pad` + strided slices + `cat` formulation costs two copies
+/// per window on Burn-flex: 19% of a decoder training step, `perf`).
 fn flex_columns(x: &FlexTensor, kernel: [usize; 2], padding: [usize; 2]) -> FlexTensor {
     let [batch, c_in, h, w] = x.layout().shape().dims();
     let ([kh, kw], [ph, pw]) = (kernel, padding);
@@ -177,6 +148,7 @@ pub fn conv2d_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B
 mod tests {
     use super::*;
     use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::ops::PadMode;
     use burn::tensor::Distribution;
 
     type B = burn_flex::Flex;

@@ -145,19 +145,24 @@ pub fn conv2d_row_tiles(
     } = geometry;
     let (input, kernel) = (values(x), values(weight));
     let plane = h_out * w_out;
-    let mut output = vec![0.0f32; batch * c_out * plane];
-    if let Some(bias) = bias {
-        let bias = values(bias);
-        assert_eq!(
-            bias.len(),
-            c_out,
-            "conv2d_row_tiles: bias of {} for {c_out} channels",
-            bias.len()
-        );
-        for (channel, &b) in output.chunks_exact_mut(plane).zip(bias.iter().cycle()) {
-            channel.fill(b);
+    // The GEMMs add to the bias (one pass over the output), or overwrite zeros without one.
+    let mut output = match bias {
+        Some(bias) => {
+            let bias = values(bias);
+            assert_eq!(
+                bias.len(),
+                c_out,
+                "conv2d_row_tiles: bias of {} for {c_out} channels",
+                bias.len()
+            );
+            let mut output = Vec::with_capacity(batch * c_out * plane);
+            for &b in bias.iter().cycle().take(batch * c_out) {
+                output.extend(std::iter::repeat_n(b, plane));
+            }
+            output
         }
-    }
+        None => vec![0.0f32; batch * c_out * plane],
+    };
     let rows = TILE_PIXELS.div_ceil(w_out).min(h_out);
     let tiles: Vec<(usize, usize)> = (0..batch)
         .flat_map(|b| (0..h_out).step_by(rows).map(move |r0| (b, r0)))
